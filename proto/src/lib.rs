@@ -1,0 +1,16 @@
+//! `caption-proto`: the contract shared by the Caption trainer and the edge daemon.
+//!
+//! Everything both halves must agree on lives here once: caption text rules
+//! ([`text`]), the Flickr8k layout ([`dataset`]), the [`vocab::Vocabulary`], corpus
+//! BLEU ([`bleu`]) and caption TSV files ([`tsv`]). This crate never depends on tch or tract.
+
+pub mod bleu;
+pub mod dataset;
+pub mod text;
+pub mod tsv;
+pub mod vocab;
+
+pub use bleu::{coco_bleu, corpus_bleu, BleuError, BleuStats};
+pub use dataset::{DatasetError, Flickr8k, ImageCaptions, Split};
+pub use text::{clean_caption, wrap, TextRules, END_TOKEN, START_TOKEN};
+pub use vocab::{Vocabulary, PADDING_INDEX};

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, set-up included: system packages, pinned libtorch, format and lint
+# checks, then every test of the workspace. `.ci/run` runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-system-deps.sh
+scripts/setup-libtorch.sh >/dev/null
+# One intra-op thread keeps libtorch steady (and fast) on small CI machines.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace

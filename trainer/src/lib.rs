@@ -1,0 +1,9 @@
+//! `caption-trainer`: the workstation half of Caption, on libtorch through `tch`.
+//!
+//! Modules: [`prepare`] (the tutorial's text preparation), [`scoring`] (BLEU of TSV
+//! corpora), [`device`] (what libtorch sees). Feature extraction, training, evaluation and
+//! export are coming (see the open issues).
+
+pub mod device;
+pub mod prepare;
+pub mod scoring;
