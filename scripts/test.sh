@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-system-deps.sh
 scripts/setup-libtorch.sh >/dev/null
+scripts/setup-weights.sh >/dev/null
 # One intra-op thread keeps libtorch steady (and fast) on small CI machines.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 cargo fmt --all -- --check

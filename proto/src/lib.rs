@@ -6,6 +6,7 @@
 
 pub mod bleu;
 pub mod dataset;
+pub mod preprocess;
 pub mod text;
 pub mod tsv;
 pub mod vocab;

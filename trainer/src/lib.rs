@@ -5,5 +5,7 @@
 //! export are coming (see the open issues).
 
 pub mod device;
+pub mod encoders;
 pub mod prepare;
 pub mod scoring;
+pub mod weights;

