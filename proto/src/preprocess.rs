@@ -117,8 +117,20 @@ pub fn decode_rgb(bytes: &[u8], origin: &Path) -> Result<RgbImage, PreprocessErr
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| decode_err(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(decode_err("not a JPEG or PNG image".into()));
+    match reader.format() {
+        None => return Err(decode_err("not a JPEG or PNG image".into())),
+        // The JPEG decoder fills a truncated scan with grey instead of failing, so a cut
+        // file is caught here: entropy-coded data cannot contain FF D9, so its absence
+        // near the end means the end-of-image marker never came.
+        Some(image::ImageFormat::Jpeg) => {
+            let tail = &bytes[bytes.len().saturating_sub(4096)..];
+            if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+                return Err(decode_err(
+                    "truncated JPEG: no end-of-image marker (FF D9)".into(),
+                ));
+            }
+        }
+        Some(_) => {}
     }
     let img = reader.decode().map_err(|e| decode_err(e.to_string()))?;
     Ok(img.to_rgb8())
@@ -186,14 +198,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("notes.jpg"), "{msg}");
-        // A truncated JPEG: a real header and nothing after it.
-        let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(16, 16, image::Rgb([1, 2, 3])));
-        let jpeg = encode(&img, ImageFormat::Jpeg);
-        let msg = pre
-            .from_bytes(&jpeg[..jpeg.len() / 3], Path::new("cut.jpg"))
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("cut.jpg"), "{msg}");
+        // Truncated JPEGs, cut in the headers and in the scan: the decoder alone would
+        // return a grey-filled image for the second.
+        let noisy = RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 13) as u8, (x * y) as u8])
+        });
+        let jpeg = encode(&DynamicImage::ImageRgb8(noisy), ImageFormat::Jpeg);
+        assert!(pre.from_bytes(&jpeg, Path::new("whole.jpg")).is_ok());
+        for cut in [jpeg.len() / 10, jpeg.len() * 3 / 4] {
+            let msg = pre
+                .from_bytes(&jpeg[..cut], Path::new("cut.jpg"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("cut.jpg"), "{msg}");
+        }
         let msg = pre
             .from_file(Path::new("/nonexistent/x.jpg"))
             .unwrap_err()

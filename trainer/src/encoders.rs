@@ -376,6 +376,16 @@ impl TchEncoder {
         }
     }
 
+    /// Take the tensors this description needs from `params` (same names), e.g. to run a
+    /// prefix of a network with another instance's weights.
+    pub fn replace_parameters(&mut self, params: &HashMap<String, Tensor>) {
+        for (name, t) in self.params.iter_mut() {
+            if let Some(p) = params.get(name) {
+                *t = p.shallow_clone();
+            }
+        }
+    }
+
     /// The named tensors, to write them out (e.g. as safetensors).
     pub fn named_parameters(&self) -> &HashMap<String, Tensor> {
         &self.params

@@ -6,6 +6,7 @@
 
 pub mod device;
 pub mod encoders;
+pub mod extract;
 pub mod prepare;
 pub mod scoring;
 pub mod weights;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use caption_proto::TextRules;
-use caption_trainer::{device, prepare, scoring};
+use caption_trainer::encoders::EncoderKind;
+use caption_trainer::{device, extract, prepare, scoring};
 use clap::{Parser, Subcommand};
 
 /// Train and evaluate the Caption image-captioning model (Flickr8k, libtorch).
@@ -51,6 +52,45 @@ enum Command {
         #[arg(long)]
         coco: bool,
     },
+    /// Extract image feature vectors for every Flickr8k image into one safetensors file
+    /// (tensor `features` [N, D]; image ids and provenance in its metadata). Prints a JSON
+    /// summary on stdout. A finished file with the same inputs is reused.
+    Extract {
+        /// Flickr8k folder (holding Flickr8k_text/ and Flicker8k_Dataset/).
+        #[arg(long)]
+        data: PathBuf,
+        /// `vgg16` (4,096-d fc2) or `efficientnet-lite0` (1,280-d).
+        #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<EncoderKind>()))]
+        encoder: EncoderKind,
+        /// Encoder weights: a PyTorch checkpoint (zip or legacy format) or safetensors
+        /// with torchvision / efficientnet-lite-pytorch names.
+        #[arg(long, required_unless_present = "random_init")]
+        weights: Option<PathBuf>,
+        /// Random weights (VGG16 only; for tests and benchmarks). Recorded in the metadata.
+        #[arg(long, conflicts_with = "weights")]
+        random_init: bool,
+        /// Output features file (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// Images per network call.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+        batch_size: u64,
+        /// `auto` (CUDA when available), `cpu` or `cuda`.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+        device: String,
+        /// Stop at the first unreadable image instead of skipping it.
+        #[arg(long)]
+        strict: bool,
+        /// Only the first N images of the token file (benchmarks).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Image decoding threads running alongside the network.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Show what libtorch sees (CUDA devices, CPU threads) as JSON.
     Device,
 }
@@ -92,6 +132,60 @@ fn main() -> Result<()> {
                 // Debug formatting: the shortest text that reads back as the same f64.
                 println!("{:?}", stats.nltk(&weights.0)?);
             }
+        }
+        Command::Extract {
+            data,
+            encoder,
+            weights,
+            random_init,
+            out,
+            batch_size,
+            device,
+            strict,
+            limit,
+            workers,
+            quiet,
+        } => {
+            let device = match device.as_str() {
+                "cpu" => tch::Device::Cpu,
+                "cuda" => {
+                    if !tch::Cuda::is_available() {
+                        anyhow::bail!("--device cuda: libtorch sees no CUDA device (see `caption-train device`)");
+                    }
+                    tch::Device::Cuda(0)
+                }
+                _ => tch::Device::cuda_if_available(),
+            };
+            let opts = extract::ExtractOptions {
+                data,
+                encoder,
+                weights,
+                random_init,
+                out,
+                batch_size: batch_size as usize,
+                device,
+                strict,
+                limit,
+                workers,
+                progress: !quiet,
+            };
+            let summary = extract::extract(&opts).with_context(|| {
+                format!(
+                    "extracting {} features from {}",
+                    encoder,
+                    opts.data.display()
+                )
+            })?;
+            if summary.reused {
+                eprintln!("reusing {} (same inputs)", summary.out.display());
+            }
+            if !summary.skipped.is_empty() {
+                eprintln!(
+                    "skipped {} image(s); see `skipped` in the summary",
+                    summary.skipped.len()
+                );
+            }
+            println!("{}", serde_json::to_string(&summary)?);
         }
         Command::Device => println!("{}", serde_json::to_string(&device::report())?),
     }

@@ -787,15 +787,27 @@ pub fn check_against(
     missing.sort_unstable();
     unexpected.sort_unstable();
     mismatched.sort_unstable();
+    // Name the first few of each kind: a whole wrong checkpoint would list hundreds.
+    fn listing<S: AsRef<str>>(what: &str, names: &[S], sep: &str) -> String {
+        const SHOWN: usize = 12;
+        let shown: Vec<&str> = names.iter().take(SHOWN).map(AsRef::as_ref).collect();
+        let more = names.len().saturating_sub(SHOWN);
+        let tail = if more > 0 {
+            format!(" (and {more} more)")
+        } else {
+            String::new()
+        };
+        format!("{what} ({}): {}{tail}", names.len(), shown.join(sep))
+    }
     let mut problems = Vec::new();
     if !missing.is_empty() {
-        problems.push(format!("missing keys: {}", missing.join(", ")));
+        problems.push(listing("missing keys", &missing, ", "));
     }
     if !unexpected.is_empty() {
-        problems.push(format!("unexpected keys: {}", unexpected.join(", ")));
+        problems.push(listing("unexpected keys", &unexpected, ", "));
     }
     if !mismatched.is_empty() {
-        problems.push(format!("shape mismatches: {}", mismatched.join("; ")));
+        problems.push(listing("shape mismatches", &mismatched, "; "));
     }
     Err(WeightsError::Mismatch {
         path: path.to_owned(),
@@ -882,8 +894,8 @@ mod tests {
         let msg = check_against(Path::new("w.pth"), "net", &m, &expected)
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("missing keys: b"), "{msg}");
-        assert!(msg.contains("unexpected keys: extra"), "{msg}");
+        assert!(msg.contains("missing keys (1): b"), "{msg}");
+        assert!(msg.contains("unexpected keys (1): extra"), "{msg}");
         assert!(msg.contains("a is [2], expected [3]"), "{msg}");
         assert!(!msg.contains("num_batches_tracked"), "{msg}");
     }

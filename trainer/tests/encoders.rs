@@ -113,3 +113,83 @@ fn lite0_through_our_jpeg_path_stays_close_to_the_reference() {
     }
     assert_eq!(features.kind(), Kind::Float);
 }
+
+/// VGG16's feature vector is fc2 after its ReLU: recompute it from the named parameters.
+#[test]
+fn vgg16_features_are_fc2_after_relu_and_independent_of_the_file_format() {
+    use caption_trainer::encoders::{vgg16, EncoderKind, Op};
+    use caption_trainer::weights::{write_safetensors, WeightTensor};
+    let spec = vgg16();
+    let random = TchEncoder::random(spec.clone(), 3, Device::Cpu);
+    tch::manual_seed(11);
+    let input = Tensor::randn([2, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let features = random.features(&input);
+    assert_eq!(features.size(), [2, 4096]);
+
+    // Run only the convolutional part, then fc1 -> ReLU -> fc2 -> ReLU by hand.
+    let conv_only = caption_trainer::encoders::EncoderSpec {
+        features: spec
+            .features
+            .iter()
+            .take_while(|op| !matches!(op, Op::Linear { .. }))
+            .cloned()
+            .collect(),
+        ..spec.clone()
+    };
+    let p = random.named_parameters();
+    let mut conv = TchEncoder::random(conv_only, 3, Device::Cpu);
+    conv.replace_parameters(p);
+    let flat = conv.features(&input);
+    let fc1 = flat
+        .linear(&p["classifier.0.weight"], Some(&p["classifier.0.bias"]))
+        .relu();
+    let fc2 = fc1.linear(&p["classifier.3.weight"], Some(&p["classifier.3.bias"]));
+    assert!(
+        fc2.min().double_value(&[]) < 0.0,
+        "pre-ReLU fc2 has negatives"
+    );
+    assert_eq!(max_abs_diff(&features, &fc2.relu()), 0.0);
+
+    // The same weights through a file give identical outputs.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vgg16.safetensors");
+    let tensors = p
+        .iter()
+        .map(|(name, t)| {
+            let shape = t.size().iter().map(|&d| d as usize).collect();
+            let data = Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap();
+            (
+                name.clone(),
+                WeightTensor {
+                    shape,
+                    data,
+                    stored_as: caption_trainer::weights::DType::F32,
+                },
+            )
+        })
+        .collect();
+    write_safetensors(&file, &tensors).unwrap();
+    let loaded = TchEncoder::from_file(EncoderKind::Vgg16.spec(), &file, Device::Cpu).unwrap();
+    assert_eq!(max_abs_diff(&loaded.features(&input), &features), 0.0);
+}
+
+#[test]
+fn wrong_weights_for_an_encoder_list_the_offending_names() {
+    let err = TchEncoder::from_file(
+        caption_trainer::encoders::vgg16(),
+        &lite0_weights(),
+        Device::Cpu,
+    )
+    .err()
+    .expect("lite0 weights do not fit vgg16")
+    .to_string();
+    assert!(
+        err.contains("missing keys (32): classifier.0.bias"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unexpected keys (") && err.contains("_blocks.0._bn1.bias"),
+        "{err}"
+    );
+    assert!(err.contains("more)"), "{err}");
+}

@@ -1,0 +1,344 @@
+//! `caption-train extract`: image features for every Flickr8k image, cached in one
+//! safetensors file.
+//!
+//! Output: an f32 tensor `features` `[N, D]`; metadata (all strings): `format`
+//! (`caption-features/1`), `ids` (JSON array of image ids in row order), `encoder`,
+//! `preprocessing` (JSON), `weights_file`, `weights_sha256` (`random-init` when random),
+//! `random_init`, `seed`, `skipped` (JSON array of `{id, path, problem}`), `fingerprint`
+//! (hash of everything above that decides the rows; a re-run with the same fingerprint
+//! reuses the file).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use caption_proto::dataset::Flickr8k;
+use caption_proto::preprocess::PreprocessError;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tch::{Device, Tensor};
+
+use crate::encoders::{EncoderKind, TchEncoder};
+use crate::weights::WeightsError;
+
+pub const FEATURES_FORMAT: &str = "caption-features/1";
+/// Seed of `--random-init` weights.
+pub const RANDOM_INIT_SEED: i64 = 20_240_601;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error(transparent)]
+    Dataset(#[from] caption_proto::DatasetError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("{0} (stopped by --strict)")]
+    Strict(PreprocessError),
+    #[error("--random-init is allowed only for vgg16 (tests and benchmarks), not {0}")]
+    RandomInitNotAllowed(EncoderKind),
+    #[error("give exactly one of --weights <file> or --random-init")]
+    WeightsChoice,
+    #[error("no image could be read from {0}")]
+    NoImages(PathBuf),
+    #[error("cannot hash {path}: {source}")]
+    Hash {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {problem}")]
+    Write { path: PathBuf, problem: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    pub data: PathBuf,
+    pub encoder: EncoderKind,
+    pub weights: Option<PathBuf>,
+    pub random_init: bool,
+    pub out: PathBuf,
+    pub batch_size: usize,
+    pub device: Device,
+    pub strict: bool,
+    /// Only the first N images of the token file (benchmarks, tests).
+    pub limit: Option<usize>,
+    /// JPEG decoding threads running alongside the network.
+    pub workers: usize,
+    pub progress: bool,
+}
+
+/// An image left out, with why.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Skipped {
+    pub id: String,
+    pub path: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtractSummary {
+    pub out: PathBuf,
+    pub encoder: String,
+    pub rows: usize,
+    pub feature_dim: usize,
+    pub skipped: Vec<Skipped>,
+    /// True when an existing file with the same fingerprint was reused.
+    pub reused: bool,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub device: String,
+}
+
+fn sha256_file(path: &Path) -> Result<String, ExtractError> {
+    let hash_err = |source| ExtractError::Hash {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(hash_err)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(hash_err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Metadata of an existing features file, if it is one.
+pub fn read_metadata(path: &Path) -> Option<HashMap<String, String>> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let n = u64::from_le_bytes(len) as usize;
+    if n > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; n];
+    file.read_exact(&mut header).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    serde_json::from_value(value.get("__metadata__")?.clone()).ok()
+}
+
+/// Run the extraction (or reuse a finished file with the same fingerprint).
+pub fn extract(opts: &ExtractOptions) -> Result<ExtractSummary, ExtractError> {
+    let started = Instant::now();
+    if opts.weights.is_some() == opts.random_init {
+        return Err(ExtractError::WeightsChoice);
+    }
+    if opts.random_init && opts.encoder != EncoderKind::Vgg16 {
+        return Err(ExtractError::RandomInitNotAllowed(opts.encoder));
+    }
+    let spec = opts.encoder.spec();
+    let data = Flickr8k::load(&opts.data)?;
+    let mut images: Vec<_> = data.images.iter().collect();
+    if let Some(limit) = opts.limit {
+        images.truncate(limit);
+    }
+    let weights_sha256 = match &opts.weights {
+        Some(path) => sha256_file(path)?,
+        None => "random-init".to_owned(),
+    };
+    let preprocessing = serde_json::to_string(&spec.preprocessing).expect("serialisable");
+    let candidates: Vec<&str> = images.iter().map(|i| i.file_name.as_str()).collect();
+    let fingerprint = {
+        let mut h = Sha256::new();
+        for part in [
+            FEATURES_FORMAT,
+            opts.encoder.name(),
+            &weights_sha256,
+            &preprocessing,
+            &RANDOM_INIT_SEED.to_string(),
+            &candidates.join("\n"),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        format!("{:x}", h.finalize())
+    };
+    if let Some(meta) = read_metadata(&opts.out) {
+        if meta.get("fingerprint") == Some(&fingerprint) {
+            let ids: Vec<String> =
+                serde_json::from_str(meta.get("ids").map_or("[]", |s| s)).unwrap_or_default();
+            let skipped: Vec<Skipped> =
+                serde_json::from_str(meta.get("skipped").map_or("[]", |s| s)).unwrap_or_default();
+            // Under --strict a file that skipped images is not good enough: redo, and stop.
+            let strict_refuses = opts.strict && !skipped.is_empty();
+            if !strict_refuses {
+                return Ok(ExtractSummary {
+                    out: opts.out.clone(),
+                    encoder: opts.encoder.name().into(),
+                    rows: ids.len(),
+                    feature_dim: spec.feature_dim,
+                    skipped,
+                    reused: true,
+                    seconds: started.elapsed().as_secs_f64(),
+                    images_per_second: 0.0,
+                    device: format!("{:?}", opts.device),
+                });
+            }
+        }
+    }
+
+    let encoder = match &opts.weights {
+        Some(path) => TchEncoder::from_file(spec.clone(), path, opts.device)?,
+        None => TchEncoder::random(spec.clone(), RANDOM_INIT_SEED, opts.device),
+    };
+    let pre = spec.preprocessing.clone();
+    let side = pre.size as i64;
+    let paths: Vec<PathBuf> = images.iter().map(|i| data.image_path(i)).collect();
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(paths.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} extract {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec} {msg}",
+        )
+        .expect("valid template"),
+    );
+
+    let mut ids = Vec::with_capacity(paths.len());
+    let mut skipped = Vec::new();
+    let mut rows: Vec<f32> = Vec::with_capacity(paths.len() * spec.feature_dim);
+    let next = AtomicUsize::new(0);
+    let result: Result<(), ExtractError> = std::thread::scope(|scope| {
+        let (tx, rx) =
+            mpsc::sync_channel::<(usize, Result<Vec<f32>, PreprocessError>)>(opts.batch_size * 2);
+        for _ in 0..opts.workers.max(1) {
+            let tx = tx.clone();
+            let (next, paths, pre) = (&next, &paths, &pre);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= paths.len() {
+                    break;
+                }
+                // A closed channel means the consumer stopped (--strict): end quietly.
+                if tx.send((i, pre.from_file(&paths[i]))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut pending = BTreeMap::new();
+        let mut expected = 0;
+        let mut batch: Vec<f32> = Vec::with_capacity(opts.batch_size * (3 * side * side) as usize);
+        let mut batch_ids: Vec<String> = Vec::new();
+        let mut flush = |batch: &mut Vec<f32>, batch_ids: &mut Vec<String>, rows: &mut Vec<f32>| {
+            if batch_ids.is_empty() {
+                return;
+            }
+            let n = batch_ids.len() as i64;
+            let input = Tensor::from_slice(batch).reshape([n, 3, side, side]);
+            let out = encoder.features(&input).to_device(Device::Cpu).contiguous();
+            let flat: Vec<f32> = Vec::<f32>::try_from(&out.flatten(0, -1)).expect("f32 features");
+            rows.extend(flat);
+            ids.append(batch_ids);
+            batch.clear();
+        };
+        for (i, decoded) in rx {
+            pending.insert(i, decoded);
+            while let Some(decoded) = pending.remove(&expected) {
+                let image = images[expected];
+                match decoded {
+                    Ok(pixels) => {
+                        batch.extend(pixels);
+                        batch_ids.push(image.id.clone());
+                    }
+                    Err(e) => {
+                        if opts.strict {
+                            return Err(ExtractError::Strict(e));
+                        }
+                        bar.suspend(|| eprintln!("warning: skipping {e}"));
+                        skipped.push(Skipped {
+                            id: image.id.clone(),
+                            path: paths[expected].display().to_string(),
+                            problem: e.to_string(),
+                        });
+                    }
+                }
+                expected += 1;
+                bar.inc(1);
+                if batch_ids.len() == opts.batch_size {
+                    flush(&mut batch, &mut batch_ids, &mut rows);
+                }
+            }
+        }
+        flush(&mut batch, &mut batch_ids, &mut rows);
+        Ok(())
+    });
+    result?;
+    bar.finish_and_clear();
+    if ids.is_empty() {
+        return Err(ExtractError::NoImages(opts.data.clone()));
+    }
+
+    let mut metadata = HashMap::new();
+    metadata.insert("format".to_owned(), FEATURES_FORMAT.to_owned());
+    metadata.insert("ids".to_owned(), serde_json::to_string(&ids).expect("json"));
+    metadata.insert("encoder".to_owned(), opts.encoder.name().to_owned());
+    metadata.insert("preprocessing".to_owned(), preprocessing);
+    metadata.insert(
+        "weights_file".to_owned(),
+        opts.weights
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    );
+    metadata.insert("weights_sha256".to_owned(), weights_sha256);
+    metadata.insert("random_init".to_owned(), opts.random_init.to_string());
+    metadata.insert("seed".to_owned(), RANDOM_INIT_SEED.to_string());
+    metadata.insert(
+        "skipped".to_owned(),
+        serde_json::to_string(&skipped).expect("json"),
+    );
+    metadata.insert("fingerprint".to_owned(), fingerprint);
+    write_features(&opts.out, &rows, spec.feature_dim, metadata)?;
+
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(ExtractSummary {
+        out: opts.out.clone(),
+        encoder: opts.encoder.name().into(),
+        rows: ids.len(),
+        feature_dim: spec.feature_dim,
+        images_per_second: (ids.len() + skipped.len()) as f64 / seconds,
+        skipped,
+        reused: false,
+        seconds,
+        device: format!("{:?}", opts.device),
+    })
+}
+
+/// Write through `<out>.partial` and a rename, so an interrupted run never leaves a file
+/// that looks complete.
+fn write_features(
+    out: &Path,
+    rows: &[f32],
+    dim: usize,
+    metadata: HashMap<String, String>,
+) -> Result<(), ExtractError> {
+    let write_err = |problem: String| ExtractError::Write {
+        path: out.to_owned(),
+        problem,
+    };
+    let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![rows.len() / dim, dim],
+        &bytes,
+    )
+    .map_err(|e| write_err(e.to_string()))?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| write_err(e.to_string()))?;
+    }
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    safetensors::serialize_to_file([("features", view)], &Some(metadata), &partial)
+        .map_err(|e| write_err(e.to_string()))?;
+    std::fs::rename(&partial, out).map_err(|e| write_err(e.to_string()))
+}

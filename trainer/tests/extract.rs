@@ -1,0 +1,177 @@
+//! `caption-train extract` end to end on a small Flickr8k-layout folder with bad files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_caption-train"))
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("caption-train starts")
+}
+
+fn summary(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+/// Four real fixture images plus a truncated JPEG, a text file named .jpg and an id
+/// without any image file.
+fn dataset(dir: &Path) -> Vec<String> {
+    let src = workspace().join("fixtures/flickr8k");
+    let images = dir.join("Flicker8k_Dataset");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(dir.join("Flickr8k_text")).unwrap();
+    let good: Vec<String> =
+        std::fs::read_to_string(src.join("Flickr8k_text/Flickr_8k.testImages.txt"))
+            .unwrap()
+            .lines()
+            .take(4)
+            .map(str::to_owned)
+            .collect();
+    for name in &good {
+        std::fs::copy(src.join("Flicker8k_Dataset").join(name), images.join(name)).unwrap();
+    }
+    let jpeg = std::fs::read(images.join(&good[0])).unwrap();
+    std::fs::write(images.join("truncated.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+    std::fs::write(images.join("notes.jpg"), "this is not an image").unwrap();
+    let mut tokens = String::new();
+    for name in good
+        .iter()
+        .map(String::as_str)
+        .chain(["truncated.jpg", "notes.jpg", "absent.jpg"])
+    {
+        tokens.push_str(&format!("{name}#0\tA dog runs .\n"));
+    }
+    std::fs::write(dir.join("Flickr8k_text/Flickr8k.token.txt"), tokens).unwrap();
+    for split in ["train", "dev", "test"] {
+        std::fs::write(
+            dir.join(format!("Flickr8k_text/Flickr_8k.{split}Images.txt")),
+            good.join("\n"),
+        )
+        .unwrap();
+    }
+    good.iter()
+        .map(|n| n.trim_end_matches(".jpg").to_owned())
+        .collect()
+}
+
+fn weights() -> String {
+    workspace()
+        .join(".weights/efficientnet-lite0-57934424.pth")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn extract_skips_bad_images_records_provenance_and_reuses_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dataset(dir.path());
+    let data = dir.path().display().to_string();
+    let out_file = dir.path().join("out/features.safetensors");
+    let out = out_file.display().to_string();
+    let args = [
+        "extract",
+        "--data",
+        &data,
+        "--encoder",
+        "efficientnet-lite0",
+        "--weights",
+        &weights(),
+        "--out",
+        &out,
+        "--batch-size",
+        "3",
+        "--quiet",
+    ];
+    let first = run(&args);
+    let s = summary(&first);
+    assert_eq!(s["rows"], 4);
+    assert_eq!(s["reused"], false);
+    let skipped: Vec<&str> = s["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped.len(), 3);
+    for bad in ["truncated.jpg", "notes.jpg", "absent.jpg"] {
+        assert!(
+            skipped.iter().any(|p| p.ends_with(bad)),
+            "{bad} not in {skipped:?}"
+        );
+        assert!(String::from_utf8_lossy(&first.stderr).contains(bad));
+    }
+
+    let meta = caption_trainer::extract::read_metadata(&out_file).unwrap();
+    let ids: Vec<String> = serde_json::from_str(&meta["ids"]).unwrap();
+    assert_eq!(ids, good);
+    assert_eq!(meta["encoder"], "efficientnet-lite0");
+    assert_eq!(meta["random_init"], "false");
+    assert_eq!(meta["weights_sha256"].len(), 64);
+    let tensors = tch::Tensor::read_safetensors(&out_file).unwrap();
+    assert_eq!(tensors[0].0, "features");
+    assert_eq!(tensors[0].1.size(), [4, 1280]);
+    assert!(!dir.path().join("out/features.safetensors.partial").exists());
+
+    let again = summary(&run(&args));
+    assert_eq!(again["reused"], true);
+    assert_eq!(again["rows"], 4);
+
+    let strict = run(&[&args[..], &["--strict"]].concat());
+    assert!(!strict.status.success());
+    let err = String::from_utf8_lossy(&strict.stderr);
+    assert!(err.contains("--strict") && err.contains(".jpg"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn random_init_is_for_vgg16_only_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let data = dir.path().display().to_string();
+    let out = dir.path().join("f.safetensors").display().to_string();
+    let refused = run(&[
+        "extract",
+        "--data",
+        &data,
+        "--encoder",
+        "efficientnet-lite0",
+        "--random-init",
+        "--out",
+        &out,
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("only for vgg16"));
+
+    let s = summary(&run(&[
+        "extract",
+        "--data",
+        &data,
+        "--encoder",
+        "vgg16",
+        "--random-init",
+        "--out",
+        &out,
+        "--limit",
+        "2",
+        "--quiet",
+    ]));
+    assert_eq!(s["rows"], 2);
+    assert_eq!(s["feature_dim"], 4096);
+    let meta = caption_trainer::extract::read_metadata(Path::new(&out)).unwrap();
+    assert_eq!(meta["random_init"], "true");
+    assert_eq!(meta["weights_sha256"], "random-init");
+}
