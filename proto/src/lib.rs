@@ -7,6 +7,7 @@
 pub mod bleu;
 pub mod dataset;
 pub mod preprocess;
+pub mod search;
 pub mod text;
 pub mod tsv;
 pub mod vocab;

@@ -6,7 +6,10 @@
 
 pub mod device;
 pub mod encoders;
+pub mod evaluate;
 pub mod extract;
+pub mod model;
 pub mod prepare;
 pub mod scoring;
+pub mod train;
 pub mod weights;

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use caption_proto::TextRules;
+use caption_proto::search::SearchConfig;
+use caption_proto::{Flickr8k, Split, TextRules};
 use caption_trainer::encoders::EncoderKind;
-use caption_trainer::{device, extract, prepare, scoring};
+use caption_trainer::{device, evaluate, extract, prepare, scoring, train};
 use clap::{Parser, Subcommand};
 
 /// Train and evaluate the Caption image-captioning model (Flickr8k, libtorch).
@@ -91,8 +92,119 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Train the merge model on whole captions (teacher forcing); keeps the checkpoint
+    /// with the best dev loss (`model-epNNN-lossX-val_lossY.{safetensors,json}`), writes
+    /// `metrics.csv` and `vocab.json` into the run directory, prints a JSON summary.
+    Train {
+        /// Features file from `caption-train extract`.
+        #[arg(long)]
+        features: PathBuf,
+        /// Flickr8k folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// Run directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Caption text rules: `original` or `standard`.
+        #[arg(long, default_value = "original")]
+        text: TextRules,
+        /// Leave out words seen fewer times than this in the train captions.
+        #[arg(long, default_value_t = 1)]
+        min_count: u64,
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        /// Captions per optimiser step.
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        /// Adam learning rate (beta 0.9/0.999, eps 1e-7 as Keras).
+        #[arg(long, default_value_t = 1e-3)]
+        learning_rate: f64,
+        /// Stop after this many epochs without a better dev loss.
+        #[arg(long, default_value_t = 3)]
+        patience: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: i64,
+        /// Continue from a checkpoint (`.safetensors` or its `.json`): its weights, next epoch.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// `auto` (CUDA when available), `cpu` or `cuda`.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+        device: String,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Decode a split with the best checkpoint of a run and report BLEU under both protocols
+    /// (JSON on stdout and in the run directory, predictions TSV beside it).
+    Evaluate {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        features: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: Split,
+        /// Beam width; 1 is the tutorial's greedy decoding.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        beam: u64,
+        /// Length normalisation exponent for beam ranking (0 = plain sum of log-probabilities).
+        #[arg(long, default_value_t = 0.0)]
+        length_penalty: f32,
+        #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+        device: String,
+    },
+    /// Caption image files with a run's best checkpoint and its encoder weights.
+    Caption {
+        #[arg(long)]
+        run: PathBuf,
+        /// Encoder weights (the same the features were extracted with).
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        beam: u64,
+        #[arg(long, default_value_t = 0.0)]
+        length_penalty: f32,
+        /// One JSON object per image instead of `path<TAB>caption`.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Show what libtorch sees (CUDA devices, CPU threads) as JSON.
     Device,
+}
+
+fn pick_device(name: &str) -> Result<tch::Device> {
+    Ok(match name {
+        "cpu" => tch::Device::Cpu,
+        "cuda" => {
+            if !tch::Cuda::is_available() {
+                anyhow::bail!(
+                    "--device cuda: libtorch sees no CUDA device (see `caption-train device`)"
+                );
+            }
+            tch::Device::Cuda(0)
+        }
+        _ => tch::Device::cuda_if_available(),
+    })
+}
+
+fn search_config(
+    vocab: &caption_proto::Vocabulary,
+    max_length: usize,
+    beam: usize,
+    length_penalty: f32,
+) -> Result<SearchConfig> {
+    let (Some(start), Some(end)) = (vocab.start_index(), vocab.end_index()) else {
+        anyhow::bail!("the checkpoint's vocabulary lacks startseq/endseq");
+    };
+    Ok(SearchConfig {
+        beam,
+        max_length,
+        length_penalty,
+        start,
+        end,
+    })
 }
 
 fn main() -> Result<()> {
@@ -146,16 +258,7 @@ fn main() -> Result<()> {
             workers,
             quiet,
         } => {
-            let device = match device.as_str() {
-                "cpu" => tch::Device::Cpu,
-                "cuda" => {
-                    if !tch::Cuda::is_available() {
-                        anyhow::bail!("--device cuda: libtorch sees no CUDA device (see `caption-train device`)");
-                    }
-                    tch::Device::Cuda(0)
-                }
-                _ => tch::Device::cuda_if_available(),
-            };
+            let device = pick_device(&device)?;
             let opts = extract::ExtractOptions {
                 data,
                 encoder,
@@ -186,6 +289,136 @@ fn main() -> Result<()> {
                 );
             }
             println!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::Train {
+            features,
+            data,
+            out,
+            text,
+            min_count,
+            epochs,
+            batch_size,
+            learning_rate,
+            patience,
+            seed,
+            resume,
+            device,
+            quiet,
+        } => {
+            let device = pick_device(&device)?;
+            let data =
+                Flickr8k::load(&data).with_context(|| format!("reading {}", data.display()))?;
+            let table = train::FeatureTable::load(&features)?;
+            let opts = train::TrainOptions {
+                epochs,
+                batch_size: batch_size.max(1),
+                learning_rate,
+                patience: patience.max(1),
+                seed,
+                text_rules: text,
+                min_count,
+            };
+            let inputs = train::TrainInputs {
+                data: &data,
+                table: &table,
+                run_dir: &out,
+                device,
+                progress: !quiet,
+                resume: resume.map(|r| r.with_extension("safetensors")),
+            };
+            let summary = train::train(&inputs, &opts)
+                .with_context(|| format!("training into {}", out.display()))?;
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::Evaluate {
+            run,
+            features,
+            data,
+            split,
+            beam,
+            length_penalty,
+            device,
+        } => {
+            let device = pick_device(&device)?;
+            let data =
+                Flickr8k::load(&data).with_context(|| format!("reading {}", data.display()))?;
+            let table = train::FeatureTable::load(&features)?;
+            let (checkpoint, info) = train::best_checkpoint(&run)?;
+            let (_vs, model) = train::load_model(&checkpoint, &info, device)?;
+            let vocab = caption_proto::Vocabulary::from_json(
+                &info.vocab.to_string(),
+                &checkpoint.display().to_string(),
+            )?;
+            let search = search_config(&vocab, info.max_length, beam as usize, length_penalty)?;
+            let (report, predictions) = evaluate::evaluate(&evaluate::EvaluateInputs {
+                data: &data,
+                table: &table,
+                model: &model,
+                info: &info,
+                checkpoint: &checkpoint,
+                split,
+                search,
+            })?;
+            let (pred_path, json_path) = evaluate::output_paths(&run, split, beam as usize);
+            let tsv = caption_proto::tsv::format(
+                predictions.iter().map(|(a, b)| (a.as_str(), b.as_str())),
+            );
+            std::fs::write(&pred_path, tsv)
+                .with_context(|| format!("writing {}", pred_path.display()))?;
+            let json = serde_json::to_string(&report)?;
+            std::fs::write(&json_path, &json)
+                .with_context(|| format!("writing {}", json_path.display()))?;
+            println!("{json}");
+        }
+        Command::Caption {
+            run,
+            weights,
+            beam,
+            length_penalty,
+            json,
+            images,
+        } => {
+            let device = tch::Device::cuda_if_available();
+            let (checkpoint, info) = train::best_checkpoint(&run)?;
+            let (_vs, model) = train::load_model(&checkpoint, &info, device)?;
+            let vocab = caption_proto::Vocabulary::from_json(
+                &info.vocab.to_string(),
+                &checkpoint.display().to_string(),
+            )?;
+            let kind: EncoderKind = info.encoder.parse().map_err(|e: String| {
+                anyhow::anyhow!("checkpoint {}: field `encoder`: {e}", checkpoint.display())
+            })?;
+            let spec = kind.spec();
+            let pre = spec.preprocessing.clone();
+            let encoder = caption_trainer::encoders::TchEncoder::from_file(spec, &weights, device)?;
+            let search = search_config(&vocab, info.max_length, beam as usize, length_penalty)?;
+            let mut failed = 0;
+            for path in &images {
+                let pixels = match pre.from_file(path) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed += 1;
+                        continue;
+                    }
+                };
+                let side = pre.size as i64;
+                let input = tch::Tensor::from_slice(&pixels).reshape([1, 3, side, side]);
+                let features = encoder.features(&input);
+                let hyp = evaluate::decode_all(&model, &features, &search, 1).remove(0);
+                let words = caption_proto::text::strip_special(vocab.decode(&hyp.tokens)).join(" ");
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"image": path.display().to_string(), "caption": words, "score": hyp.mean_log_prob()})
+                    );
+                } else {
+                    println!("{}\t{}", path.display(), words);
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} image(s) could not be read", images.len());
+            }
         }
         Command::Device => println!("{}", serde_json::to_string(&device::report())?),
     }

@@ -1,0 +1,308 @@
+//! Decoding with the shared search, BLEU under both protocols, and captions for new images.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use caption_proto::bleu::BleuStats;
+use caption_proto::dataset::{self, Flickr8k, Split};
+use caption_proto::search::{beam_search, greedy, Hypothesis, SearchConfig, StepDecoder};
+use caption_proto::text::{py_split, strip_special, wrap, TextRules, START_TOKEN};
+use caption_proto::vocab::Vocabulary;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::model::MergeModel;
+use crate::train::{CheckpointInfo, FeatureTable, TrainError};
+
+/// The merge model as a [`StepDecoder`] over a fixed set of images' features.
+pub struct TchDecoder<'a> {
+    model: &'a MergeModel,
+    /// Image branch output `[images, H]`, computed once.
+    image: Tensor,
+}
+
+impl<'a> TchDecoder<'a> {
+    pub fn new(model: &'a MergeModel, features: &Tensor) -> TchDecoder<'a> {
+        let image = tch::no_grad(|| model.image_branch(&features.to_device(model.device()), false));
+        TchDecoder { model, image }
+    }
+}
+
+fn index(rows: &[usize], device: Device) -> Tensor {
+    let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    Tensor::from_slice(&rows).to_device(device)
+}
+
+impl StepDecoder for TchDecoder<'_> {
+    type State = Option<(Tensor, Tensor)>;
+    type Error = std::convert::Infallible;
+
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+
+    fn start(&mut self, _images: &[usize]) -> Result<Self::State, Self::Error> {
+        Ok(None)
+    }
+
+    fn step(
+        &mut self,
+        state: &Self::State,
+        images: &[usize],
+        words: &[u32],
+    ) -> Result<(Vec<f32>, Self::State), Self::Error> {
+        let device = self.model.device();
+        let image = self.image.index_select(0, &index(images, device));
+        let words: Vec<i64> = words.iter().map(|&w| w as i64).collect();
+        let words = Tensor::from_slice(&words).to_device(device);
+        let (logp, h, c) = tch::no_grad(|| {
+            self.model
+                .step(&image, &words, state.as_ref().map(|(h, c)| (h, c)))
+        });
+        let flat = Vec::<f32>::try_from(
+            &logp
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .flatten(0, -1),
+        )
+        .expect("f32 log-probabilities");
+        Ok((flat, Some((h, c))))
+    }
+
+    fn select(&mut self, state: &Self::State, rows: &[usize]) -> Result<Self::State, Self::Error> {
+        Ok(state.as_ref().map(|(h, c)| {
+            let idx = index(rows, h.device());
+            (h.index_select(1, &idx), c.index_select(1, &idx))
+        }))
+    }
+}
+
+/// Decode captions for every row of `features` `[N, D]`, in chunks of `chunk` images.
+pub fn decode_all(
+    model: &MergeModel,
+    features: &Tensor,
+    config: &SearchConfig,
+    chunk: usize,
+) -> Vec<Hypothesis> {
+    let n = features.size()[0] as usize;
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        let part = features.narrow(0, start as i64, len as i64);
+        let mut decoder = TchDecoder::new(model, &part);
+        let images: Vec<usize> = (0..len).collect();
+        let result = if config.beam <= 1 {
+            greedy(&mut decoder, &images, config)
+        } else {
+            beam_search(&mut decoder, &images, config)
+        };
+        match result {
+            Ok(h) => out.extend(h),
+            Err(never) => match never {},
+        }
+        start += len;
+    }
+    out
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scores {
+    pub bleu1: f64,
+    pub bleu2: f64,
+    pub bleu3: f64,
+    pub bleu4: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvaluationReport {
+    pub split: String,
+    pub images: usize,
+    pub checkpoint: String,
+    pub model_text_rules: TextRules,
+    pub decoding: serde_json::Value,
+    /// startseq/endseq kept in references and hypotheses, `original` references, NLTK
+    /// weights (1), (.5,.5), (.3,.3,.3), (.25,.25,.25,.25): the tutorial's evaluation.
+    pub original_protocol: Scores,
+    /// Fair only for a model trained on `original` text.
+    pub original_protocol_fair: bool,
+    /// `standard` references and hypotheses, special tokens stripped, coco-caption BLEU.
+    pub coco_protocol: Scores,
+    /// The same with NLTK `corpus_bleu` (uniform cumulative weights).
+    pub coco_protocol_nltk: Scores,
+    /// Fair only for a model trained on `standard` text.
+    pub coco_protocol_fair: bool,
+    pub decode_seconds: f64,
+    pub images_per_second: f64,
+}
+
+fn tokens_of(text: &str) -> Vec<String> {
+    py_split(text).map(str::to_owned).collect()
+}
+
+/// BLEU of decoded captions under both protocols. `hyp_words[i]` are the generated words
+/// of image `ids[i]` (end token included when generated).
+pub fn score(
+    data: &Flickr8k,
+    ids: &[String],
+    hyp_words: &[Vec<String>],
+) -> Result<(Scores, Scores, Scores), caption_proto::BleuError> {
+    let original = data.clean_descriptions(TextRules::Original);
+    let standard = data.clean_descriptions(TextRules::Standard);
+    let orig_index: std::collections::HashMap<&str, usize> = original
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (id.as_str(), i))
+        .collect();
+    let mut orig_refs = Vec::new();
+    let mut orig_hyps = Vec::new();
+    let mut coco_refs = Vec::new();
+    let mut coco_hyps = Vec::new();
+    for (id, words) in ids.iter().zip(hyp_words) {
+        let i = orig_index[id.as_str()];
+        orig_refs.push(
+            original[i]
+                .1
+                .iter()
+                .map(|c| tokens_of(&wrap(c)))
+                .collect::<Vec<_>>(),
+        );
+        let mut hyp = vec![START_TOKEN.to_owned()];
+        hyp.extend(words.iter().cloned());
+        orig_hyps.push(hyp);
+        coco_refs.push(
+            standard[i]
+                .1
+                .iter()
+                .map(|c| tokens_of(c))
+                .collect::<Vec<_>>(),
+        );
+        coco_hyps.push(
+            strip_special(words.iter().map(String::as_str))
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        );
+    }
+    let o = BleuStats::collect(&orig_refs, &orig_hyps, 4)?;
+    let original_scores = Scores {
+        bleu1: o.nltk(&[1.0])?,
+        bleu2: o.nltk(&[0.5, 0.5])?,
+        bleu3: o.nltk(&[0.3, 0.3, 0.3])?,
+        bleu4: o.nltk(&[0.25; 4])?,
+    };
+    let c = BleuStats::collect(&coco_refs, &coco_hyps, 4)?;
+    let cs = c.coco();
+    let coco = Scores {
+        bleu1: cs[0],
+        bleu2: cs[1],
+        bleu3: cs[2],
+        bleu4: cs[3],
+    };
+    let third = 1.0 / 3.0;
+    let nltk = Scores {
+        bleu1: c.nltk(&[1.0])?,
+        bleu2: c.nltk(&[0.5, 0.5])?,
+        bleu3: c.nltk(&[third, third, third])?,
+        bleu4: c.nltk(&[0.25; 4])?,
+    };
+    Ok((original_scores, coco, nltk))
+}
+
+pub struct EvaluateInputs<'a> {
+    pub data: &'a Flickr8k,
+    pub table: &'a FeatureTable,
+    pub model: &'a MergeModel,
+    pub info: &'a CheckpointInfo,
+    pub checkpoint: &'a Path,
+    pub split: Split,
+    pub search: SearchConfig,
+}
+
+/// Decode a split and score it; returns the report and `(id, caption)` predictions.
+pub fn evaluate(
+    inputs: &EvaluateInputs<'_>,
+) -> Result<(EvaluationReport, Vec<(String, String)>), TrainError> {
+    let vocab = Vocabulary::from_json(
+        &inputs.info.vocab.to_string(),
+        &inputs.checkpoint.display().to_string(),
+    )
+    .map_err(|e| TrainError::Checkpoint {
+        path: inputs.checkpoint.to_owned(),
+        problem: e.to_string(),
+    })?;
+    let descriptions = inputs.data.clean_descriptions(TextRules::Original);
+    let ids: Vec<String> = dataset::select(&descriptions, inputs.data.split_ids(inputs.split))
+        .into_iter()
+        .map(|(id, _)| id.clone())
+        .filter(|id| inputs.table.rows.contains_key(id))
+        .collect();
+    if ids.is_empty() {
+        return Err(TrainError::EmptySplit(inputs.split));
+    }
+    let rows: Vec<i64> = ids.iter().map(|id| inputs.table.rows[id]).collect();
+    let features = inputs
+        .table
+        .features
+        .index_select(0, &Tensor::from_slice(&rows));
+    let started = Instant::now();
+    let hyps = decode_all(inputs.model, &features, &inputs.search, 100);
+    let decode_seconds = started.elapsed().as_secs_f64();
+    let words: Vec<Vec<String>> = hyps
+        .iter()
+        .map(|h| {
+            vocab
+                .decode(&h.tokens)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect();
+    let (original, coco, nltk) =
+        score(inputs.data, &ids, &words).map_err(|e| TrainError::Checkpoint {
+            path: inputs.checkpoint.to_owned(),
+            problem: e.to_string(),
+        })?;
+    let predictions = ids
+        .iter()
+        .zip(&words)
+        .map(|(id, w)| {
+            (
+                id.clone(),
+                strip_special(w.iter().map(String::as_str)).join(" "),
+            )
+        })
+        .collect();
+    let rules = inputs.info.options.text_rules;
+    Ok((
+        EvaluationReport {
+            split: inputs.split.to_string(),
+            images: ids.len(),
+            checkpoint: inputs.checkpoint.display().to_string(),
+            model_text_rules: rules,
+            decoding: serde_json::json!({
+                "beam": inputs.search.beam,
+                "length_penalty": inputs.search.length_penalty,
+                "max_length": inputs.search.max_length,
+                "search": if inputs.search.beam <= 1 { "greedy" } else { "beam" },
+            }),
+            original_protocol: original,
+            original_protocol_fair: rules == TextRules::Original,
+            coco_protocol: coco,
+            coco_protocol_nltk: nltk,
+            coco_protocol_fair: rules == TextRules::Standard,
+            decode_seconds,
+            images_per_second: ids.len() as f64 / decode_seconds,
+        },
+        predictions,
+    ))
+}
+
+/// Where `evaluate` writes its outputs inside a run directory.
+pub fn output_paths(run_dir: &Path, split: Split, beam: usize) -> (PathBuf, PathBuf) {
+    let stem = format!("eval-{split}-beam{beam}");
+    (
+        run_dir.join(format!("{stem}.predictions.tsv")),
+        run_dir.join(format!("{stem}.json")),
+    )
+}

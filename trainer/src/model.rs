@@ -1,0 +1,247 @@
+//! The merge caption model (the tutorial's `define_model`) in tch.
+//!
+//! image features -> Dropout -> Linear(D, H) -> ReLU ─┐
+//! words -> Embedding(V, E, padding 0) -> Dropout -> LSTM(H) ─ add -> Linear(H, H) -> ReLU -> Linear(H, V)
+//!
+//! The LSTM sees only words, so one decoding step with carried state equals re-running it
+//! over the whole prefix; training runs whole right-padded captions (teacher forcing) and
+//! scores only real target tokens, which is the tutorial's per-pair loss.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+/// Model sizes. The defaults are the tutorial's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub feature_dim: usize,
+    pub vocab_size: usize,
+    pub embed_dim: usize,
+    pub hidden: usize,
+    pub dropout: f64,
+}
+
+impl ModelConfig {
+    pub fn tutorial(feature_dim: usize, vocab_size: usize) -> ModelConfig {
+        ModelConfig {
+            feature_dim,
+            vocab_size,
+            embed_dim: 256,
+            hidden: 256,
+            dropout: 0.5,
+        }
+    }
+}
+
+pub struct MergeModel {
+    pub config: ModelConfig,
+    fe: nn::Linear,
+    embed: nn::Embedding,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    /// Keras' LSTM has one bias vector; libtorch's kernel takes two, so the second is a
+    /// constant zero outside the VarStore (the parameter count stays the tutorial's).
+    b_hh: Tensor,
+    dec: nn::Linear,
+    out: nn::Linear,
+}
+
+impl MergeModel {
+    pub fn new(vs: &nn::Path, config: ModelConfig) -> MergeModel {
+        let (d, v, e, h) = (
+            config.feature_dim as i64,
+            config.vocab_size as i64,
+            config.embed_dim as i64,
+            config.hidden as i64,
+        );
+        let fe = nn::linear(vs / "fe", d, h, Default::default());
+        let embed = nn::embedding(
+            vs / "embed",
+            v,
+            e,
+            nn::EmbeddingConfig {
+                padding_idx: 0,
+                ..Default::default()
+            },
+        );
+        let lstm = vs / "lstm";
+        let bound = 1.0 / (h as f64).sqrt();
+        let uniform = nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let w_ih = lstm.var("weight_ih", &[4 * h, e], uniform);
+        let w_hh = lstm.var("weight_hh", &[4 * h, h], uniform);
+        let b_ih = lstm.var("bias", &[4 * h], nn::Init::Const(0.0));
+        let b_hh = Tensor::zeros([4 * h], (Kind::Float, vs.device()));
+        let dec = nn::linear(vs / "dec", h, h, Default::default());
+        let out = nn::linear(vs / "out", h, v, Default::default());
+        MergeModel {
+            config,
+            fe,
+            embed,
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+            dec,
+            out,
+        }
+    }
+
+    fn lstm_params(&self) -> [&Tensor; 4] {
+        [&self.w_ih, &self.w_hh, &self.b_ih, &self.b_hh]
+    }
+
+    /// Image branch: `[B, D]` -> `[B, H]`.
+    pub fn image_branch(&self, features: &Tensor, train: bool) -> Tensor {
+        self.fe
+            .forward(&features.dropout(self.config.dropout, train))
+            .relu()
+    }
+
+    /// LSTM over `[B, T]` word ids from zero state: outputs `[B, T, H]` and final (h, c).
+    fn words_branch(
+        &self,
+        words: &Tensor,
+        state: Option<(&Tensor, &Tensor)>,
+        train: bool,
+    ) -> (Tensor, Tensor, Tensor) {
+        let x = self
+            .embed
+            .forward(words)
+            .dropout(self.config.dropout, train);
+        let b = words.size()[0];
+        let h = self.config.hidden as i64;
+        let zeros;
+        let hx: [&Tensor; 2] = match state {
+            Some((h0, c0)) => [h0, c0],
+            None => {
+                zeros = Tensor::zeros([1, b, h], (Kind::Float, words.device()));
+                [&zeros, &zeros]
+            }
+        };
+        x.lstm(&hx, &self.lstm_params(), true, 1, 0.0, train, false, true)
+    }
+
+    /// The decoder head on merged states `[.., H]` -> logits `[.., V]`.
+    fn head(&self, merged: &Tensor) -> Tensor {
+        self.out.forward(&self.dec.forward(merged).relu())
+    }
+
+    /// Mean cross-entropy over the real target tokens (targets != 0) of a right-padded
+    /// batch, and their count. `inputs` are the captions without their last token,
+    /// `targets` without their first.
+    pub fn loss(
+        &self,
+        features: &Tensor,
+        inputs: &Tensor,
+        targets: &Tensor,
+        train: bool,
+    ) -> (Tensor, i64) {
+        let image = self.image_branch(features, train);
+        let (seq, _, _) = self.words_branch(inputs, None, train);
+        let merged = seq + image.unsqueeze(1);
+        let mask = targets.ne(0);
+        let count = mask.sum(Kind::Int64).int64_value(&[]);
+        // Only real positions reach the (large) output layer.
+        let h = self.config.hidden as i64;
+        let real = merged.masked_select(&mask.unsqueeze(-1)).reshape([-1, h]);
+        let logits = self.head(&real);
+        let loss = logits.cross_entropy_for_logits(&targets.masked_select(&mask));
+        (loss, count)
+    }
+
+    /// Next-word log-probabilities after the whole prefix `[B, T]` (no padding), re-running
+    /// the LSTM from scratch: the tutorial's way, used to check [`MergeModel::step`].
+    pub fn prefix_log_probs(&self, features: &Tensor, prefix: &Tensor) -> Tensor {
+        let image = self.image_branch(features, false);
+        let (seq, _, _) = self.words_branch(prefix, None, false);
+        let last = seq.select(1, -1);
+        self.head(&(last + image)).log_softmax(-1, Kind::Float)
+    }
+
+    /// One decoding step: previous words `[R]`, state (h, c) each `[1, R, H]` (None for
+    /// zero) -> log-probabilities `[R, V]` and the new state.
+    pub fn step(
+        &self,
+        image: &Tensor,
+        words: &Tensor,
+        state: Option<(&Tensor, &Tensor)>,
+    ) -> (Tensor, Tensor, Tensor) {
+        let (seq, h, c) = self.words_branch(&words.unsqueeze(1), state, false);
+        let logp = self
+            .head(&(seq.squeeze_dim(1) + image))
+            .log_softmax(-1, Kind::Float);
+        (logp, h, c)
+    }
+
+    /// Trainable parameters, as the tutorial's Keras summary counts them.
+    pub fn parameter_count(&self) -> usize {
+        let c = &self.config;
+        let (d, v, e, h) = (c.feature_dim, c.vocab_size, c.embed_dim, c.hidden);
+        (d * h + h) + v * e + (4 * h * (e + h) + 4 * h) + (h * h + h) + (h * v + v)
+    }
+
+    /// A Keras-style summary: layers, output shapes, parameter counts.
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        let (d, v, e, h) = (c.feature_dim, c.vocab_size, c.embed_dim, c.hidden);
+        let rows: [(&str, String, usize); 10] = [
+            ("input_features (Input)", format!("(None, {d})"), 0),
+            ("input_words (Input)", "(None, T)".into(), 0),
+            ("dropout_features (Dropout)", format!("(None, {d})"), 0),
+            ("embedding (Embedding)", format!("(None, T, {e})"), v * e),
+            ("fe (Dense, relu)", format!("(None, {h})"), d * h + h),
+            ("dropout_words (Dropout)", format!("(None, T, {e})"), 0),
+            (
+                "lstm (LSTM)",
+                format!("(None, {h})"),
+                4 * h * (e + h) + 4 * h,
+            ),
+            ("add (Add)", format!("(None, {h})"), 0),
+            ("dec (Dense, relu)", format!("(None, {h})"), h * h + h),
+            ("out (Dense, softmax)", format!("(None, {v})"), h * v + v),
+        ];
+        let mut s = format!(
+            "{:<30}{:<20}{:>10}\n{}\n",
+            "Layer (type)",
+            "Output Shape",
+            "Param #",
+            "=".repeat(60)
+        );
+        for (name, shape, params) in rows {
+            s.push_str(&format!("{name:<30}{shape:<20}{params:>10}\n"));
+        }
+        s.push_str(&format!(
+            "{}\nTotal params: {}\n",
+            "=".repeat(60),
+            self.parameter_count()
+        ));
+        s
+    }
+
+    pub fn device(&self) -> Device {
+        self.w_ih.device()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_count_matches_the_tutorial_and_the_var_store() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = MergeModel::new(&vs.root(), ModelConfig::tutorial(4096, 7579));
+        assert_eq!(model.parameter_count(), 5_527_963);
+        let stored: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
+        assert_eq!(stored as usize, 5_527_963);
+        assert!(model.summary().contains("Total params: 5527963"));
+    }
+}

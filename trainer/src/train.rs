@@ -1,0 +1,492 @@
+//! `caption-train train`: fit the merge model on whole captions with teacher forcing,
+//! keep the checkpoint with the best dev loss.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use caption_proto::dataset::{self, Flickr8k, Split};
+use caption_proto::text::{wrap, TextRules};
+use caption_proto::vocab::Vocabulary;
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::model::{MergeModel, ModelConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Dataset(#[from] caption_proto::DatasetError),
+    #[error("features file {path}: {problem}")]
+    Features { path: PathBuf, problem: String },
+    #[error("checkpoint {path}: {problem}")]
+    Checkpoint { path: PathBuf, problem: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Torch(#[from] tch::TchError),
+    #[error("the {0} split has no caption with image features")]
+    EmptySplit(Split),
+}
+
+/// Image features loaded from an `extract` output.
+pub struct FeatureTable {
+    pub features: Tensor,
+    pub rows: HashMap<String, i64>,
+    pub encoder: String,
+    pub path: PathBuf,
+}
+
+impl FeatureTable {
+    pub fn load(path: &Path) -> Result<FeatureTable, TrainError> {
+        let err = |problem: String| TrainError::Features {
+            path: path.to_owned(),
+            problem,
+        };
+        let meta = crate::extract::read_metadata(path)
+            .ok_or_else(|| err("not a caption-train extract output (no metadata)".into()))?;
+        let ids: Vec<String> = serde_json::from_str(
+            meta.get("ids")
+                .ok_or_else(|| err("metadata field `ids` missing".into()))?,
+        )
+        .map_err(|e| err(format!("metadata field `ids`: {e}")))?;
+        let tensors = Tensor::read_safetensors(path).map_err(|e| err(e.to_string()))?;
+        let features = tensors
+            .into_iter()
+            .find(|(n, _)| n == "features")
+            .map(|(_, t)| t)
+            .ok_or_else(|| err("tensor `features` missing".into()))?;
+        if features.size().len() != 2 || features.size()[0] != ids.len() as i64 {
+            return Err(err(format!(
+                "tensor `features` is {:?} but `ids` lists {} images",
+                features.size(),
+                ids.len()
+            )));
+        }
+        Ok(FeatureTable {
+            rows: ids
+                .into_iter()
+                .enumerate()
+                .map(|(i, id)| (id, i as i64))
+                .collect(),
+            features: features.to_kind(Kind::Float),
+            encoder: meta.get("encoder").cloned().unwrap_or_default(),
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.features.size()[1] as usize
+    }
+}
+
+/// Encoded captions of one split: (feature row, token ids with start and end).
+pub struct CaptionSet {
+    pub items: Vec<(i64, Vec<u32>)>,
+}
+
+impl CaptionSet {
+    pub fn build(
+        data: &Flickr8k,
+        split: Split,
+        rules: TextRules,
+        vocab: &Vocabulary,
+        table: &FeatureTable,
+    ) -> Result<CaptionSet, TrainError> {
+        let descriptions = data.clean_descriptions(rules);
+        let mut items = Vec::new();
+        for (id, captions) in dataset::select(&descriptions, data.split_ids(split)) {
+            let Some(&row) = table.rows.get(id) else {
+                continue;
+            };
+            for c in captions {
+                let tokens = vocab.encode(&wrap(c));
+                if tokens.len() >= 2 {
+                    items.push((row, tokens));
+                }
+            }
+        }
+        if items.is_empty() {
+            return Err(TrainError::EmptySplit(split));
+        }
+        Ok(CaptionSet { items })
+    }
+
+    /// Input-output pairs (real target tokens).
+    pub fn pairs(&self) -> usize {
+        self.items.iter().map(|(_, t)| t.len() - 1).sum()
+    }
+
+    /// Right-padded (rows, inputs, targets) for the captions at `indices`.
+    pub fn batch(&self, indices: &[usize], device: Device) -> (Tensor, Tensor, Tensor) {
+        let t = indices
+            .iter()
+            .map(|&i| self.items[i].1.len() - 1)
+            .max()
+            .unwrap_or(0);
+        let mut inputs = vec![0i64; indices.len() * t];
+        let mut targets = vec![0i64; indices.len() * t];
+        let mut rows = Vec::with_capacity(indices.len());
+        for (b, &i) in indices.iter().enumerate() {
+            let (row, tokens) = &self.items[i];
+            rows.push(*row);
+            for (j, w) in tokens.windows(2).enumerate() {
+                inputs[b * t + j] = w[0] as i64;
+                targets[b * t + j] = w[1] as i64;
+            }
+        }
+        let shape = [indices.len() as i64, t as i64];
+        (
+            Tensor::from_slice(&rows).to_device(device),
+            Tensor::from_slice(&inputs).reshape(shape).to_device(device),
+            Tensor::from_slice(&targets)
+                .reshape(shape)
+                .to_device(device),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub patience: usize,
+    pub seed: i64,
+    pub text_rules: TextRules,
+    pub min_count: u64,
+}
+
+/// Everything needed to rebuild a model from a checkpoint (`<name>.json` beside `<name>.safetensors`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    pub format: String,
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub model: ModelConfig,
+    pub max_length: usize,
+    pub encoder: String,
+    pub features_file: String,
+    pub options: TrainOptions,
+    /// The vocabulary, as `vocab.json` holds it.
+    pub vocab: serde_json::Value,
+}
+
+pub const CHECKPOINT_FORMAT: &str = "caption-checkpoint/1";
+
+/// The tutorial's checkpoint name: `model-ep002-loss3.245-val_loss3.612`.
+pub fn checkpoint_name(epoch: usize, train_loss: f64, val_loss: f64) -> String {
+    format!("model-ep{epoch:03}-loss{train_loss:.3}-val_loss{val_loss:.3}")
+}
+
+/// Mean loss over every real target token of a set (no dropout).
+pub fn evaluate_loss(
+    model: &MergeModel,
+    set: &CaptionSet,
+    table: &FeatureTable,
+    batch_size: usize,
+) -> f64 {
+    tch::no_grad(|| {
+        let device = model.device();
+        let (mut total, mut count) = (0.0, 0i64);
+        let order: Vec<usize> = (0..set.items.len()).collect();
+        for chunk in order.chunks(batch_size) {
+            let (rows, inputs, targets) = set.batch(chunk, device);
+            let feats = table
+                .features
+                .index_select(0, &rows.to_device(Device::Cpu))
+                .to_device(device);
+            let (loss, n) = model.loss(&feats, &inputs, &targets, false);
+            total += loss.double_value(&[]) * n as f64;
+            count += n;
+        }
+        total / count.max(1) as f64
+    })
+}
+
+/// One line of `metrics.csv`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub val_loss: f64,
+    pub seconds: f64,
+    pub improved: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub best_checkpoint: Option<String>,
+    pub best_epoch: usize,
+    pub best_val_loss: f64,
+    pub epochs: Vec<EpochMetrics>,
+    pub train_pairs: usize,
+    pub dev_pairs: usize,
+    pub vocab_size: usize,
+    pub parameters: usize,
+    pub total_seconds: f64,
+    pub device: String,
+}
+
+/// Shuffle with a seeded xorshift (deterministic across runs and platforms).
+fn shuffle(order: &mut [usize], seed: u64) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The best checkpoint of a run directory (lowest val loss in its `.json` files).
+pub fn best_checkpoint(run_dir: &Path) -> Result<(PathBuf, CheckpointInfo), TrainError> {
+    let err = |problem: String| TrainError::Checkpoint {
+        path: run_dir.to_owned(),
+        problem,
+    };
+    let entries = std::fs::read_dir(run_dir).map_err(|e| err(e.to_string()))?;
+    let mut best: Option<(PathBuf, CheckpointInfo)> = None;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !(name.starts_with("model-ep") && name.ends_with(".json")) {
+            continue;
+        }
+        let info = load_info(&path)?;
+        if best
+            .as_ref()
+            .is_none_or(|(_, b)| info.val_loss < b.val_loss)
+        {
+            best = Some((path.with_extension("safetensors"), info));
+        }
+    }
+    best.ok_or_else(|| err("no checkpoint (model-ep*.json) in this run directory".into()))
+}
+
+pub fn load_info(json: &Path) -> Result<CheckpointInfo, TrainError> {
+    let err = |problem: String| TrainError::Checkpoint {
+        path: json.to_owned(),
+        problem,
+    };
+    let text = std::fs::read_to_string(json).map_err(|e| err(e.to_string()))?;
+    let info: CheckpointInfo = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    if info.format != CHECKPOINT_FORMAT {
+        return Err(err(format!(
+            "field `format` is {:?}, expected {CHECKPOINT_FORMAT:?}",
+            info.format
+        )));
+    }
+    Ok(info)
+}
+
+/// Build the model of a checkpoint and load its weights.
+pub fn load_model(
+    weights: &Path,
+    info: &CheckpointInfo,
+    device: Device,
+) -> Result<(nn::VarStore, MergeModel), TrainError> {
+    let mut vs = nn::VarStore::new(device);
+    let model = MergeModel::new(&vs.root(), info.model.clone());
+    vs.load(weights).map_err(|e| TrainError::Checkpoint {
+        path: weights.to_owned(),
+        problem: e.to_string(),
+    })?;
+    Ok((vs, model))
+}
+
+pub struct TrainInputs<'a> {
+    pub data: &'a Flickr8k,
+    pub table: &'a FeatureTable,
+    pub run_dir: &'a Path,
+    pub device: Device,
+    pub progress: bool,
+    /// Continue from this checkpoint (weights and epoch count).
+    pub resume: Option<PathBuf>,
+}
+
+pub fn train(inputs: &TrainInputs<'_>, opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
+    let started = Instant::now();
+    let prepared =
+        crate::prepare::prepare(inputs.data, opts.text_rules, opts.min_count).map_err(|e| {
+            TrainError::Checkpoint {
+                path: inputs.run_dir.to_owned(),
+                problem: e.to_string(),
+            }
+        })?;
+    let vocab = prepared.vocabulary;
+    let max_length = prepared.summary.max_length;
+    let train_set = CaptionSet::build(
+        inputs.data,
+        Split::Train,
+        opts.text_rules,
+        &vocab,
+        inputs.table,
+    )?;
+    let dev_set = CaptionSet::build(
+        inputs.data,
+        Split::Dev,
+        opts.text_rules,
+        &vocab,
+        inputs.table,
+    )?;
+    std::fs::create_dir_all(inputs.run_dir).map_err(write_err(inputs.run_dir))?;
+    vocab
+        .save(&inputs.run_dir.join("vocab.json"))
+        .map_err(|e| TrainError::Checkpoint {
+            path: inputs.run_dir.to_owned(),
+            problem: e.to_string(),
+        })?;
+
+    tch::manual_seed(opts.seed);
+    let config = ModelConfig::tutorial(inputs.table.dim(), vocab.size());
+    let mut vs = nn::VarStore::new(inputs.device);
+    let model = MergeModel::new(&vs.root(), config.clone());
+    let mut start_epoch = 1;
+    let mut best_val = f64::INFINITY;
+    let mut best_epoch = 0;
+    let mut best_name = None;
+    if let Some(resume) = &inputs.resume {
+        let info = load_info(&resume.with_extension("json"))?;
+        vs.load(resume.with_extension("safetensors"))
+            .map_err(|e| TrainError::Checkpoint {
+                path: resume.clone(),
+                problem: e.to_string(),
+            })?;
+        start_epoch = info.epoch + 1;
+        best_val = info.val_loss;
+        best_epoch = info.epoch;
+        best_name = resume.file_stem().map(|s| s.to_string_lossy().into_owned());
+    }
+    let mut opt = nn::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        wd: 0.0,
+        eps: 1e-7,
+        amsgrad: false,
+    }
+    .build(&vs, opts.learning_rate)?;
+
+    let metrics_path = inputs.run_dir.join("metrics.csv");
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(write_err(&metrics_path))?;
+    if metrics_file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+        writeln!(metrics_file, "epoch,train_loss,val_loss,seconds,improved")
+            .map_err(write_err(&metrics_path))?;
+    }
+
+    let mut epochs = Vec::new();
+    let mut stale = 0;
+    let features_cpu = &inputs.table.features;
+    let features_dev = features_cpu.to_device(inputs.device);
+    for epoch in start_epoch..=opts.epochs {
+        let epoch_start = Instant::now();
+        let mut order: Vec<usize> = (0..train_set.items.len()).collect();
+        shuffle(&mut order, opts.seed as u64 ^ (epoch as u64) << 32);
+        let bar = if inputs.progress {
+            indicatif::ProgressBar::new(order.len() as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "epoch {epoch}/{} {{bar:30}} {{pos}}/{{len}} captions [{{elapsed_precise}}<{{eta_precise}}] {{msg}}",
+                opts.epochs
+            ))
+            .expect("valid template"),
+        );
+        let (mut total, mut count) = (0.0f64, 0i64);
+        for chunk in order.chunks(opts.batch_size) {
+            let (rows, inputs_t, targets) = train_set.batch(chunk, inputs.device);
+            let feats = features_dev.index_select(0, &rows);
+            let (loss, n) = model.loss(&feats, &inputs_t, &targets, true);
+            opt.backward_step(&loss);
+            total += loss.double_value(&[]) * n as f64;
+            count += n;
+            bar.inc(chunk.len() as u64);
+            bar.set_message(format!("loss {:.4}", total / count as f64));
+        }
+        bar.finish_and_clear();
+        let train_loss = total / count.max(1) as f64;
+        let val_loss = evaluate_loss(&model, &dev_set, inputs.table, 256);
+        let improved = val_loss < best_val;
+        let seconds = epoch_start.elapsed().as_secs_f64();
+        if improved {
+            best_val = val_loss;
+            best_epoch = epoch;
+            stale = 0;
+            let name = checkpoint_name(epoch, train_loss, val_loss);
+            let weights = inputs.run_dir.join(format!("{name}.safetensors"));
+            vs.save(&weights)?;
+            let info = CheckpointInfo {
+                format: CHECKPOINT_FORMAT.into(),
+                epoch,
+                train_loss,
+                val_loss,
+                model: config.clone(),
+                max_length,
+                encoder: inputs.table.encoder.clone(),
+                features_file: inputs.table.path.display().to_string(),
+                options: opts.clone(),
+                vocab: serde_json::from_str(&vocab.to_json()).expect("vocab json"),
+            };
+            let json = inputs.run_dir.join(format!("{name}.json"));
+            std::fs::write(&json, serde_json::to_string_pretty(&info).expect("json"))
+                .map_err(write_err(&json))?;
+            best_name = Some(name);
+        } else {
+            stale += 1;
+        }
+        writeln!(
+            metrics_file,
+            "{epoch},{train_loss},{val_loss},{seconds:.3},{improved}"
+        )
+        .map_err(write_err(&metrics_path))?;
+        if inputs.progress {
+            eprintln!(
+                "epoch {epoch}: loss {train_loss:.4} val_loss {val_loss:.4} ({seconds:.1}s){}",
+                if improved { " *" } else { "" }
+            );
+        }
+        epochs.push(EpochMetrics {
+            epoch,
+            train_loss,
+            val_loss,
+            seconds,
+            improved,
+        });
+        if stale >= opts.patience {
+            break;
+        }
+    }
+    Ok(TrainSummary {
+        run_dir: inputs.run_dir.to_owned(),
+        best_checkpoint: best_name,
+        best_epoch,
+        best_val_loss: best_val,
+        epochs,
+        train_pairs: train_set.pairs(),
+        dev_pairs: dev_set.pairs(),
+        vocab_size: vocab.size(),
+        parameters: model.parameter_count(),
+        total_seconds: started.elapsed().as_secs_f64(),
+        device: format!("{:?}", inputs.device),
+    })
+}
