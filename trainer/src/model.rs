@@ -231,6 +231,93 @@ impl MergeModel {
 mod tests {
     use super::*;
 
+    fn tiny() -> (nn::VarStore, MergeModel) {
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = ModelConfig {
+            feature_dim: 8,
+            vocab_size: 12,
+            embed_dim: 6,
+            hidden: 5,
+            dropout: 0.5,
+        };
+        let model = MergeModel::new(&vs.root(), config);
+        (vs, model)
+    }
+
+    /// The whole-caption masked loss equals the tutorial's mean over (image, prefix) ->
+    /// next-word pairs, each pair re-run from scratch.
+    #[test]
+    fn whole_sequence_loss_equals_the_per_pair_loss() {
+        let (_vs, model) = tiny();
+        let captions: [&[i64]; 3] = [&[1, 4, 5, 2], &[1, 7, 3, 9, 8, 2], &[1, 2]];
+        let features = Tensor::randn([3, 8], (Kind::Float, Device::Cpu));
+        let t = 5;
+        let mut inputs = vec![0i64; 3 * t];
+        let mut targets = vec![0i64; 3 * t];
+        for (b, c) in captions.iter().enumerate() {
+            for j in 0..c.len() - 1 {
+                inputs[b * t + j] = c[j];
+                targets[b * t + j] = c[j + 1];
+            }
+        }
+        let inputs = Tensor::from_slice(&inputs).reshape([3, t as i64]);
+        let targets = Tensor::from_slice(&targets).reshape([3, t as i64]);
+        let (loss, count) = model.loss(&features, &inputs, &targets, false);
+        let (mut sum, mut pairs) = (0.0, 0);
+        for (b, c) in captions.iter().enumerate() {
+            for i in 1..c.len() {
+                let prefix = Tensor::from_slice(&c[..i]).unsqueeze(0);
+                let logp = model.prefix_log_probs(&features.narrow(0, b as i64, 1), &prefix);
+                sum -= logp.double_value(&[0, c[i]]);
+                pairs += 1;
+            }
+        }
+        assert_eq!(count, pairs);
+        let per_pair = sum / pairs as f64;
+        let whole = loss.double_value(&[]);
+        assert!((whole - per_pair).abs() < 1e-5, "{whole} vs {per_pair}");
+    }
+
+    /// Stepping the LSTM word by word with carried state equals re-running the prefix.
+    #[test]
+    fn stepping_equals_rerunning_the_prefix() {
+        let (_vs, model) = tiny();
+        let features = Tensor::randn([1, 8], (Kind::Float, Device::Cpu));
+        let words = [1i64, 6, 3, 10];
+        let image = model.image_branch(&features, false);
+        let mut state: Option<(Tensor, Tensor)> = None;
+        for i in 0..words.len() {
+            let (logp, h, c) = model.step(
+                &image,
+                &Tensor::from_slice(&words[i..=i]),
+                state.as_ref().map(|(h, c)| (h, c)),
+            );
+            let want =
+                model.prefix_log_probs(&features, &Tensor::from_slice(&words[..=i]).unsqueeze(0));
+            let diff = (&logp - &want).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "step {i}: {diff}");
+            state = Some((h, c));
+        }
+    }
+
+    #[test]
+    fn save_and_load_give_identical_outputs() {
+        let (vs, model) = tiny();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        vs.save(&path).unwrap();
+        let mut vs2 = nn::VarStore::new(Device::Cpu);
+        tch::manual_seed(99);
+        let model2 = MergeModel::new(&vs2.root(), model.config.clone());
+        vs2.load(&path).unwrap();
+        let features = Tensor::randn([2, 8], (Kind::Float, Device::Cpu));
+        let prefix = Tensor::from_slice(&[1i64, 4, 7, 1, 3, 3]).reshape([2, 3]);
+        let a = model.prefix_log_probs(&features, &prefix);
+        let b = model2.prefix_log_probs(&features, &prefix);
+        assert_eq!((&a - &b).abs().max().double_value(&[]), 0.0);
+    }
+
     #[test]
     fn parameter_count_matches_the_tutorial_and_the_var_store() {
         let vs = nn::VarStore::new(Device::Cpu);
