@@ -3,8 +3,26 @@
 
 use serde::Serialize;
 
+/// libtorch's CUDA backend is `libtorch_cuda.so`, which no symbol of the binary references,
+/// so the linker drops it and CUDA would never be seen. Load it at start-up when it is
+/// there (CUDA set-up, or a GPU machine's torch on LD_LIBRARY_PATH); on the CPU set-up its
+/// CUDA libraries are absent, the load fails and libtorch runs on the CPU.
+pub fn load_cuda_backend() -> bool {
+    // SAFETY: dlopen with a constant, NUL-terminated name; the handle is kept for the
+    // process lifetime on purpose (the library registers CUDA kernels globally).
+    unsafe {
+        !libc::dlopen(
+            c"libtorch_cuda.so".as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_GLOBAL,
+        )
+        .is_null()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceReport {
+    /// Whether libtorch's CUDA backend library could be loaded.
+    pub cuda_backend_loaded: bool,
     pub cuda_available: bool,
     pub cudnn_available: bool,
     pub cuda_devices: i64,
@@ -14,9 +32,10 @@ pub struct DeviceReport {
     pub smoke_test_sum: f64,
 }
 
-pub fn report() -> DeviceReport {
+pub fn report(cuda_backend_loaded: bool) -> DeviceReport {
     let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.5]);
     DeviceReport {
+        cuda_backend_loaded,
         cuda_available: tch::Cuda::is_available(),
         cudnn_available: tch::Cuda::cudnn_is_available(),
         cuda_devices: tch::Cuda::device_count(),

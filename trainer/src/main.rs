@@ -209,6 +209,7 @@ fn search_config(
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let cuda_backend = device::load_cuda_backend();
     match cli.command {
         Command::Prepare {
             data,
@@ -420,7 +421,7 @@ fn main() -> Result<()> {
                 anyhow::bail!("{failed} of {} image(s) could not be read", images.len());
             }
         }
-        Command::Device => println!("{}", serde_json::to_string(&device::report())?),
+        Command::Device => println!("{}", serde_json::to_string(&device::report(cuda_backend))?),
     }
     Ok(())
 }
