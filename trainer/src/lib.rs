@@ -9,6 +9,7 @@ pub mod encoders;
 pub mod evaluate;
 pub mod extract;
 pub mod model;
+pub mod plot;
 pub mod prepare;
 pub mod scoring;
 pub mod train;

@@ -485,6 +485,13 @@ pub fn train(inputs: &TrainInputs<'_>, opts: &TrainOptions) -> Result<TrainSumma
                 if improved { " *" } else { "" }
             );
         }
+        // The plot is a convenience: failing to draw it must not stop training.
+        if let Ok(csv) = std::fs::read_to_string(&metrics_path) {
+            let png = inputs.run_dir.join("loss.png");
+            if let Err(e) = crate::plot::write_loss_plot(&png, &crate::plot::read_metrics(&csv)) {
+                eprintln!("warning: cannot draw {}: {e}", png.display());
+            }
+        }
         epochs.push(EpochMetrics {
             epoch,
             train_loss,
@@ -509,4 +516,32 @@ pub fn train(inputs: &TrainInputs<'_>, opts: &TrainOptions) -> Result<TrainSumma
         total_seconds: started.elapsed().as_secs_f64(),
         device: format!("{:?}", inputs.device),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cover_every_caption_once_and_depend_only_on_the_seed() {
+        let items = (0..1000)
+            .map(|i| (i as i64, vec![1u32; 2 + (i * 7919) % 30]))
+            .collect();
+        let set = CaptionSet { items };
+        let a = set.batches(16, 42);
+        let mut seen: Vec<usize> = a.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+        assert!(a.iter().all(|b| b.len() <= 16));
+        assert_eq!(a, set.batches(16, 42));
+        assert_ne!(a, set.batches(16, 43));
+    }
+
+    #[test]
+    fn checkpoint_names_follow_the_tutorial() {
+        assert_eq!(
+            checkpoint_name(2, 3.2451, 3.6119),
+            "model-ep002-loss3.245-val_loss3.612"
+        );
+    }
 }
