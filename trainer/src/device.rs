@@ -19,6 +19,22 @@ pub fn load_cuda_backend() -> bool {
     }
 }
 
+/// Keep freed activation buffers in the heap instead of returning them to the kernel.
+/// glibc serves blocks above its adaptive mmap threshold with fresh `mmap`s, so every
+/// forward pass of a CNN paid for zeroed pages again: measured on the 2-core machine,
+/// EfficientNet-Lite0 extraction spent more time in the kernel than in libtorch
+/// (14.8 -> 42.3 images/s with these settings and batch 8).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; called once at start-up before
+    // any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceReport {
     /// Whether libtorch's CUDA backend library could be loaded.

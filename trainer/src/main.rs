@@ -73,8 +73,8 @@ enum Command {
         /// Output features file (.safetensors).
         #[arg(long)]
         out: PathBuf,
-        /// Images per network call.
-        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Images per network call (8 measured fastest on a 2-core CPU).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
         batch_size: u64,
         /// `auto` (CUDA when available), `cpu` or `cuda`.
         #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
@@ -208,6 +208,7 @@ fn search_config(
 }
 
 fn main() -> Result<()> {
+    device::tune_allocator();
     let cli = Cli::parse();
     let cuda_backend = device::load_cuda_backend();
     match cli.command {
