@@ -4,9 +4,8 @@ use std::process::Command;
 
 use caption_tests::workspace_root;
 
-/// The edge build must never pull in libtorch (DESIGN.md: caption-edge must not depend on tch).
-#[test]
-fn edge_does_not_depend_on_libtorch() {
+/// Crate names (with versions) in the normal and build dependency tree of a package.
+fn dependency_tree(package: &str) -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(workspace_root())
@@ -14,7 +13,7 @@ fn edge_does_not_depend_on_libtorch() {
             "tree",
             "--offline",
             "-p",
-            "caption-edge",
+            package,
             "-e",
             "normal,build",
             "--prefix",
@@ -22,45 +21,33 @@ fn edge_does_not_depend_on_libtorch() {
         ])
         .output()
         .expect("cargo tree runs");
-    let tree = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "cargo tree failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(tree.contains("caption-proto"), "unexpected tree:\n{tree}");
-    for crate_name in ["tch ", "torch-sys "] {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn assert_free_of(package: &str, forbidden: &[&str]) {
+    let tree = dependency_tree(package);
+    assert!(tree.contains(package), "unexpected tree:\n{tree}");
+    for name in forbidden {
         assert!(
-            !tree.lines().any(|l| l.starts_with(crate_name)),
-            "caption-edge depends on {crate_name}:\n{tree}"
+            !tree.lines().any(|l| l.starts_with(name)),
+            "{package} depends on {name}:\n{tree}"
         );
     }
 }
 
-/// The same for caption-proto, which both halves share.
+/// The edge build must never pull in libtorch (DESIGN.md: caption-edge must not depend on tch).
+#[test]
+fn edge_does_not_depend_on_libtorch() {
+    assert_free_of("caption-edge", &["tch ", "torch-sys "]);
+}
+
+/// caption-proto, which both halves share, depends on neither inference backend.
 #[test]
 fn proto_depends_on_neither_tch_nor_tract() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "tree",
-            "--offline",
-            "-p",
-            "caption-proto",
-            "-e",
-            "normal,build",
-            "--prefix",
-            "none",
-        ])
-        .output()
-        .expect("cargo tree runs");
-    assert!(out.status.success());
-    let tree = String::from_utf8_lossy(&out.stdout);
-    for crate_name in ["tch ", "torch-sys ", "tract"] {
-        assert!(
-            !tree.lines().any(|l| l.starts_with(crate_name)),
-            "caption-proto depends on {crate_name}:\n{tree}"
-        );
-    }
+    assert_free_of("caption-proto", &["tch ", "torch-sys ", "tract"]);
 }

@@ -1,31 +1,9 @@
 //! `caption-train extract` end to end on a small Flickr8k-layout folder with bad files.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{ok_json, run, workspace};
 
-use serde_json::Value;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_caption-train"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("caption-train starts")
-}
-
-fn summary(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap()).unwrap()
-}
+use std::path::Path;
 
 /// Four real fixture images plus a truncated JPEG, a text file named .jpg and an id
 /// without any image file.
@@ -69,10 +47,7 @@ fn dataset(dir: &Path) -> Vec<String> {
 }
 
 fn weights() -> String {
-    workspace()
-        .join(".weights/efficientnet-lite0-57934424.pth")
-        .display()
-        .to_string()
+    common::lite0_weights().display().to_string()
 }
 
 #[test]
@@ -97,7 +72,7 @@ fn extract_skips_bad_images_records_provenance_and_reuses_its_output() {
         "--quiet",
     ];
     let first = run(&args);
-    let s = summary(&first);
+    let s = ok_json(&first);
     assert_eq!(s["rows"], 4);
     assert_eq!(s["reused"], false);
     let skipped: Vec<&str> = s["skipped"]
@@ -126,7 +101,7 @@ fn extract_skips_bad_images_records_provenance_and_reuses_its_output() {
     assert_eq!(tensors[0].1.size(), [4, 1280]);
     assert!(!dir.path().join("out/features.safetensors.partial").exists());
 
-    let again = summary(&run(&args));
+    let again = ok_json(&run(&args));
     assert_eq!(again["reused"], true);
     assert_eq!(again["rows"], 4);
 
@@ -156,7 +131,7 @@ fn random_init_is_for_vgg16_only_and_is_recorded() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("only for vgg16"));
 
-    let s = summary(&run(&[
+    let s = ok_json(&run(&[
         "extract",
         "--data",
         &data,

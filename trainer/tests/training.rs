@@ -1,8 +1,10 @@
 //! Training, resuming and decoding on the committed fixture, through the real binary and
 //! the library.
 
+mod common;
+use common::{ok_json, run, workspace};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use caption_proto::search::{beam_search, greedy, SearchConfig};
@@ -11,34 +13,13 @@ use caption_trainer::train::{best_checkpoint, load_model, FeatureTable};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_caption-train"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("caption-train starts")
-}
-
-fn ok_json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap()
-}
-
 /// EfficientNet-Lite0 features of the fixture, extracted once per test binary.
 fn features() -> &'static Path {
     static FEATURES: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, path) = FEATURES.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fixture-lite0.safetensors");
-        let weights = workspace().join(".weights/efficientnet-lite0-57934424.pth");
+        let weights = common::lite0_weights();
         ok_json(&run(&[
             "extract",
             "--data",
