@@ -175,3 +175,35 @@ fn greedy_and_beam_one_equal_the_tutorials_loop_on_a_trained_model() {
         "the model should not caption every image alike"
     );
 }
+
+#[test]
+fn caption_prints_captions_and_reports_unreadable_images() {
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), &["--epochs", "2"]);
+    let image = workspace().join("fixtures/flickr8k/Flicker8k_Dataset/1056338697_4f7d7ce270.jpg");
+    let bad = dir.path().join("broken.jpg");
+    std::fs::write(&bad, "not a jpeg").unwrap();
+    let weights = common::lite0_weights();
+    let run_dir = dir.path().to_str().unwrap();
+    let weights = weights.to_str().unwrap();
+    let caption = |extra: &[&str]| {
+        let mut a = vec!["caption", "--run", run_dir, "--weights", weights];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let out = caption(&["--json", image.to_str().unwrap()]);
+    let v = ok_json(&out);
+    assert!(!v["caption"].as_str().unwrap().is_empty());
+    assert!(v["score"].as_f64().unwrap() < 0.0);
+
+    let out = caption(&[image.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with(image.to_str().unwrap()), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("broken.jpg") && stderr.contains("1 of 2"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
