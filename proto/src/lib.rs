@@ -2,10 +2,12 @@
 //!
 //! Everything both halves must agree on lives here once: caption text rules
 //! ([`text`]), the Flickr8k layout ([`dataset`]), the [`vocab::Vocabulary`], corpus
-//! BLEU ([`bleu`]) and caption TSV files ([`tsv`]). This crate never depends on tch or tract.
+//! BLEU ([`bleu`]), caption TSV files ([`tsv`]), image preprocessing ([`preprocess`]),
+//! decoding search ([`search`]) and the model bundle manifest ([`manifest`]). This crate never depends on tch or tract.
 
 pub mod bleu;
 pub mod dataset;
+pub mod manifest;
 pub mod preprocess;
 pub mod search;
 pub mod text;

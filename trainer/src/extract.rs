@@ -91,21 +91,10 @@ pub struct ExtractSummary {
 }
 
 fn sha256_file(path: &Path) -> Result<String, ExtractError> {
-    let hash_err = |source| ExtractError::Hash {
+    caption_proto::manifest::sha256_file(path).map_err(|source| ExtractError::Hash {
         path: path.to_owned(),
         source,
-    };
-    let mut file = std::fs::File::open(path).map_err(hash_err)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(hash_err)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", hasher.finalize()))
+    })
 }
 
 /// Metadata of an existing features file, if it is one.
