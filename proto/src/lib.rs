@@ -3,11 +3,13 @@
 //! Everything both halves must agree on lives here once: caption text rules
 //! ([`text`]), the Flickr8k layout ([`dataset`]), the [`vocab::Vocabulary`], corpus
 //! BLEU ([`bleu`]), caption TSV files ([`tsv`]), image preprocessing ([`preprocess`]),
-//! decoding search ([`search`]) and the model bundle manifest ([`manifest`]). This crate never depends on tch or tract.
+//! decoding search ([`search`]), the model bundle manifest ([`manifest`]) and the MQTT
+//! topics and payloads ([`mqtt`]). This crate never depends on tch or tract.
 
 pub mod bleu;
 pub mod dataset;
 pub mod manifest;
+pub mod mqtt;
 pub mod preprocess;
 pub mod search;
 pub mod text;

@@ -1,0 +1,233 @@
+//! MQTT topics and payloads of `captiond` (Frigate-style conventions; see DESIGN.md), shared
+//! by the daemon and by anything that subscribes in Rust (tests, tools).
+
+use serde::{Deserialize, Serialize};
+
+/// Payloads of the retained `<prefix>/availability` topic (also the last will).
+pub const ONLINE: &str = "online";
+pub const OFFLINE: &str = "offline";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("{what} {value:?} cannot be used in an MQTT topic: {problem}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        problem: &'static str,
+    },
+}
+
+/// One topic level (a camera name, a device id): non-empty, no `/`, no wildcards, no NUL.
+pub fn check_level(what: &'static str, value: &str) -> Result<(), TopicError> {
+    let problem = if value.is_empty() {
+        Some("it is empty")
+    } else if value.contains('/') {
+        Some("it contains '/'")
+    } else if value.contains(['+', '#']) {
+        Some("it contains an MQTT wildcard ('+' or '#')")
+    } else if value.contains('\0') {
+        Some("it contains a NUL character")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(TopicError::Invalid {
+            what,
+            value: value.to_owned(),
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The topic names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    /// `prefix` is used as given (levels separated by `/`), e.g. `captiond/kitchen-pi`.
+    pub fn new(prefix: &str) -> Result<Topics, TopicError> {
+        let prefix = prefix.trim_end_matches('/');
+        for level in prefix.split('/') {
+            check_level("topic prefix level", level)?;
+        }
+        Ok(Topics {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The default prefix, `captiond/<device_id>`.
+    pub fn for_device(device_id: &str) -> Result<Topics, TopicError> {
+        check_level("device id", device_id)?;
+        Topics::new(&format!("captiond/{device_id}"))
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Retained `online`/`offline`; `offline` is also the last will.
+    pub fn availability(&self) -> String {
+        format!("{}/availability", self.prefix)
+    }
+
+    /// One [`CaptionEvent`] per published caption, QoS 1, not retained.
+    pub fn caption(&self, camera: &str) -> Result<String, TopicError> {
+        check_level("camera name", camera)?;
+        Ok(format!("{}/{camera}/caption", self.prefix))
+    }
+
+    /// The latest caption text, retained.
+    pub fn state(&self, camera: &str) -> Result<String, TopicError> {
+        check_level("camera name", camera)?;
+        Ok(format!("{}/{camera}/state", self.prefix))
+    }
+
+    /// Periodic [`Stats`].
+    pub fn stats(&self) -> String {
+        format!("{}/stats", self.prefix)
+    }
+}
+
+/// Time spent per stage for one caption, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageLatency {
+    pub capture: f64,
+    /// Image decoding and resizing.
+    pub decode: f64,
+    pub encoder: f64,
+    pub decoder: f64,
+    pub total: f64,
+}
+
+/// The JSON payload of `<prefix>/<camera>/caption`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptionEvent {
+    /// Unique per event (e.g. `<camera>-<sequence>-<start time>`), for de-duplication of
+    /// QoS 1 redeliveries.
+    pub id: String,
+    pub camera: String,
+    /// When the frame was captured, RFC 3339.
+    pub timestamp: String,
+    pub caption: String,
+    /// Mean log-probability per generated word (higher is more confident; <= 0).
+    pub score: f64,
+    pub model_id: String,
+    /// Frame sequence number of the source, from 0.
+    pub sequence: u64,
+    pub latency_ms: StageLatency,
+}
+
+/// The JSON payload of `<prefix>/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Captions per second over the last interval.
+    pub fps: f64,
+    /// Median encoder + decoder time per caption over the last interval.
+    pub inference_ms: f64,
+    /// Messages waiting in the offline queue.
+    pub queue_depth: u64,
+    /// Messages dropped because the offline queue was full, since start.
+    pub dropped_frames: u64,
+    /// Frames skipped because they could not be read or decoded, since start.
+    pub skipped_frames: u64,
+    pub uptime_s: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_follow_the_design() {
+        let t = Topics::for_device("kitchen-pi").unwrap();
+        assert_eq!(t.availability(), "captiond/kitchen-pi/availability");
+        assert_eq!(
+            t.caption("front").unwrap(),
+            "captiond/kitchen-pi/front/caption"
+        );
+        assert_eq!(t.state("front").unwrap(), "captiond/kitchen-pi/front/state");
+        assert_eq!(t.stats(), "captiond/kitchen-pi/stats");
+        assert_eq!(
+            Topics::new("home/captions/").unwrap().prefix(),
+            "home/captions"
+        );
+    }
+
+    #[test]
+    fn bad_levels_are_refused_with_the_reason() {
+        let t = Topics::for_device("pi").unwrap();
+        let msg = t.caption("front/door").unwrap_err().to_string();
+        assert!(
+            msg.contains("camera name \"front/door\"") && msg.contains("'/'"),
+            "{msg}"
+        );
+        assert!(t.state("#").is_err());
+        assert!(Topics::for_device("").is_err());
+        assert!(Topics::new("a//b").is_err());
+        assert!(Topics::new("a/+/b").is_err());
+    }
+
+    #[test]
+    fn caption_event_json_has_the_documented_fields() {
+        let e = CaptionEvent {
+            id: "front-7-1700000000".into(),
+            camera: "front".into(),
+            timestamp: "2026-11-28T01:00:00Z".into(),
+            caption: "a dog runs on the grass".into(),
+            score: -0.8,
+            model_id: "flickr8k-lite0-int8".into(),
+            sequence: 7,
+            latency_ms: StageLatency {
+                capture: 1.0,
+                decode: 2.0,
+                encoder: 30.0,
+                decoder: 12.0,
+                total: 45.0,
+            },
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "camera",
+                "caption",
+                "id",
+                "latency_ms",
+                "model_id",
+                "score",
+                "sequence",
+                "timestamp"
+            ]
+        );
+        let mut stages: Vec<&str> = v["latency_ms"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        stages.sort_unstable();
+        assert_eq!(stages, ["capture", "decode", "decoder", "encoder", "total"]);
+        let back: CaptionEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn stats_json_round_trips() {
+        let s = Stats {
+            fps: 1.5,
+            inference_ms: 40.0,
+            queue_depth: 3,
+            dropped_frames: 0,
+            skipped_frames: 2,
+            uptime_s: 60.0,
+        };
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("\"skipped_frames\":2"));
+        assert_eq!(serde_json::from_str::<Stats>(&text).unwrap(), s);
+    }
+}
