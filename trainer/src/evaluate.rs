@@ -226,11 +226,7 @@ pub fn evaluate(
     let vocab = Vocabulary::from_json(
         &inputs.info.vocab.to_string(),
         &inputs.checkpoint.display().to_string(),
-    )
-    .map_err(|e| TrainError::Checkpoint {
-        path: inputs.checkpoint.to_owned(),
-        problem: e.to_string(),
-    })?;
+    )?;
     let descriptions = inputs.data.clean_descriptions(TextRules::Original);
     let ids: Vec<String> = dataset::select(&descriptions, inputs.data.split_ids(inputs.split))
         .into_iter()
@@ -258,11 +254,7 @@ pub fn evaluate(
                 .collect()
         })
         .collect();
-    let (original, coco, nltk) =
-        score(inputs.data, &ids, &words).map_err(|e| TrainError::Checkpoint {
-            path: inputs.checkpoint.to_owned(),
-            problem: e.to_string(),
-        })?;
+    let (original, coco, nltk) = score(inputs.data, &ids, &words)?;
     let predictions = ids
         .iter()
         .zip(&words)

@@ -30,6 +30,12 @@ pub enum TrainError {
     },
     #[error("{0}")]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Prepare(#[from] crate::prepare::PrepareError),
+    #[error(transparent)]
+    Vocab(#[from] caption_proto::vocab::VocabError),
+    #[error(transparent)]
+    Bleu(#[from] caption_proto::BleuError),
     #[error("the {0} split has no caption with image features")]
     EmptySplit(Split),
 }
@@ -342,13 +348,7 @@ pub struct TrainInputs<'a> {
 
 pub fn train(inputs: &TrainInputs<'_>, opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
-    let prepared =
-        crate::prepare::prepare(inputs.data, opts.text_rules, opts.min_count).map_err(|e| {
-            TrainError::Checkpoint {
-                path: inputs.run_dir.to_owned(),
-                problem: e.to_string(),
-            }
-        })?;
+    let prepared = crate::prepare::prepare(inputs.data, opts.text_rules, opts.min_count)?;
     let vocab = prepared.vocabulary;
     let max_length = prepared.summary.max_length;
     let train_set = CaptionSet::build(
@@ -366,12 +366,7 @@ pub fn train(inputs: &TrainInputs<'_>, opts: &TrainOptions) -> Result<TrainSumma
         inputs.table,
     )?;
     std::fs::create_dir_all(inputs.run_dir).map_err(write_err(inputs.run_dir))?;
-    vocab
-        .save(&inputs.run_dir.join("vocab.json"))
-        .map_err(|e| TrainError::Checkpoint {
-            path: inputs.run_dir.to_owned(),
-            problem: e.to_string(),
-        })?;
+    vocab.save(&inputs.run_dir.join("vocab.json"))?;
 
     tch::manual_seed(opts.seed);
     let config = ModelConfig::tutorial(inputs.table.dim(), vocab.size());
