@@ -148,28 +148,28 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractSummary, ExtractError> {
         }
         format!("{:x}", h.finalize())
     };
-    if let Some(meta) = read_metadata(&opts.out) {
-        if meta.get("fingerprint") == Some(&fingerprint) {
-            let ids: Vec<String> =
-                serde_json::from_str(meta.get("ids").map_or("[]", |s| s)).unwrap_or_default();
-            let skipped: Vec<Skipped> =
-                serde_json::from_str(meta.get("skipped").map_or("[]", |s| s)).unwrap_or_default();
-            // Under --strict a file that skipped images is not good enough: redo, and stop.
-            let strict_refuses = opts.strict && !skipped.is_empty();
-            if !strict_refuses {
-                return Ok(ExtractSummary {
-                    out: opts.out.clone(),
-                    encoder: opts.encoder.name().into(),
-                    rows: ids.len(),
-                    feature_dim: spec.feature_dim,
-                    skipped,
-                    reused: true,
-                    seconds: started.elapsed().as_secs_f64(),
-                    images_per_second: 0.0,
-                    device: format!("{:?}", opts.device),
-                });
-            }
-        }
+    // Reuse a finished file with the same inputs, unless its metadata is unreadable or
+    // --strict meets a file that skipped images (then redo, and stop at the bad image).
+    let reusable = read_metadata(&opts.out)
+        .filter(|meta| meta.get("fingerprint") == Some(&fingerprint))
+        .and_then(|meta| {
+            let ids: Vec<String> = serde_json::from_str(meta.get("ids")?).ok()?;
+            let skipped: Vec<Skipped> = serde_json::from_str(meta.get("skipped")?).ok()?;
+            Some((ids, skipped))
+        })
+        .filter(|(_, skipped)| !opts.strict || skipped.is_empty());
+    if let Some((ids, skipped)) = reusable {
+        return Ok(ExtractSummary {
+            out: opts.out.clone(),
+            encoder: opts.encoder.name().into(),
+            rows: ids.len(),
+            feature_dim: spec.feature_dim,
+            skipped,
+            reused: true,
+            seconds: started.elapsed().as_secs_f64(),
+            images_per_second: 0.0,
+            device: format!("{:?}", opts.device),
+        });
     }
 
     let encoder = match &opts.weights {

@@ -97,16 +97,16 @@ pub struct CaptionSet {
 }
 
 impl CaptionSet {
+    /// `descriptions` are the cleaned captions of every image (`Flickr8k::clean_descriptions`).
     pub fn build(
         data: &Flickr8k,
+        descriptions: &[(String, Vec<String>)],
         split: Split,
-        rules: TextRules,
         vocab: &Vocabulary,
         table: &FeatureTable,
     ) -> Result<CaptionSet, TrainError> {
-        let descriptions = data.clean_descriptions(rules);
         let mut items = Vec::new();
-        for (id, captions) in dataset::select(&descriptions, data.split_ids(split)) {
+        for (id, captions) in dataset::select(descriptions, data.split_ids(split)) {
             let Some(&row) = table.rows.get(id) else {
                 continue;
             };
@@ -351,20 +351,15 @@ pub fn train(inputs: &TrainInputs<'_>, opts: &TrainOptions) -> Result<TrainSumma
     let prepared = crate::prepare::prepare(inputs.data, opts.text_rules, opts.min_count)?;
     let vocab = prepared.vocabulary;
     let max_length = prepared.summary.max_length;
+    let descriptions = inputs.data.clean_descriptions(opts.text_rules);
     let train_set = CaptionSet::build(
         inputs.data,
+        &descriptions,
         Split::Train,
-        opts.text_rules,
         &vocab,
         inputs.table,
     )?;
-    let dev_set = CaptionSet::build(
-        inputs.data,
-        Split::Dev,
-        opts.text_rules,
-        &vocab,
-        inputs.table,
-    )?;
+    let dev_set = CaptionSet::build(inputs.data, &descriptions, Split::Dev, &vocab, inputs.table)?;
     std::fs::create_dir_all(inputs.run_dir).map_err(write_err(inputs.run_dir))?;
     vocab.save(&inputs.run_dir.join("vocab.json"))?;
 
