@@ -1,5 +1,15 @@
-//! `caption-edge`: the edge daemon's library (tract engine, frame sources, MQTT).
-//! For now only the skeleton that the `captiond` binary wires up.
+//! `caption-edge`: the edge daemon's library: the tract inference engine, frame sources,
+//! the MQTT publisher and the daemon's configuration, wired up by the `captiond` binary.
+
+pub mod bench;
+pub mod engine;
+pub mod evaluate;
+
+pub use engine::{Caption, Engine, EngineError, StageTimes};
+
+/// The bundle `captiond` uses when none is given: the committed default model, relative
+/// to the working directory (the repository root, or `/usr/share/captiond` when packaged).
+pub const DEFAULT_BUNDLE: &str = "models/flickr8k-lite0-int8";
 
 /// The version string `captiond --version` prints.
 pub fn version() -> &'static str {

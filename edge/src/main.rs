@@ -1,14 +1,195 @@
-//! `captiond`: the Caption edge daemon (skeleton; the daemon itself is coming).
+//! `captiond`: the Caption edge daemon. A thin CLI over the `caption_edge` library.
 
-use clap::Parser;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use caption_edge::{bench, engine::Engine, evaluate};
+use caption_proto::{Flickr8k, Split};
+use clap::{Parser, Subcommand};
 
 /// Caption images on an edge device and publish the captions over MQTT.
 #[derive(Parser, Debug)]
 #[command(name = "captiond", version = caption_edge::version())]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    eprintln!("captiond: the daemon is not implemented yet; see README.md");
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Caption image files once and print `path<TAB>caption` (or JSON lines with --json).
+    Caption {
+        /// The model bundle directory.
+        #[arg(long, default_value = caption_edge::DEFAULT_BUNDLE)]
+        bundle: PathBuf,
+        /// Beam width; 1 is greedy.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        beam: u64,
+        /// One JSON object per image, with the score and per-stage timings.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Per-stage latency (min/median/p90) and captions/s of one or more bundles over a
+    /// folder of images; several bundles run interleaved in this one process.
+    Bench {
+        /// Bundle directory; repeat to compare bundles.
+        #[arg(long, required = true)]
+        bundle: Vec<PathBuf>,
+        /// Folder of images (jpg, jpeg, png).
+        #[arg(long)]
+        images: PathBuf,
+        /// Use at most this many images of the folder.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        beam: u64,
+    },
+    /// BLEU of a bundle on a Flickr8k split through the daemon's inference path; prints one
+    /// JSON object (scores and timings) as the last line of stdout.
+    Evaluate {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Flickr8k folder (Flickr8k_text/ and Flicker8k_Dataset/).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: Split,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        beam: u64,
+        /// Write `image_id<TAB>caption` for every image of the split here.
+        #[arg(long)]
+        predictions: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Caption {
+            bundle,
+            beam,
+            json,
+            images,
+        } => {
+            let engine = Engine::load(&bundle)?;
+            let mut failed = 0;
+            for path in &images {
+                match engine.caption_file(path, beam as usize) {
+                    Ok((caption, times)) => {
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({
+                                    "image": path.display().to_string(),
+                                    "caption": caption.text,
+                                    "score": caption.hypothesis.mean_log_prob(),
+                                    "model_id": engine.manifest().model_id,
+                                    "latency_ms": {
+                                        "decode": times.preprocess.as_secs_f64() * 1e3,
+                                        "encoder": times.encoder.as_secs_f64() * 1e3,
+                                        "decoder": times.decoder.as_secs_f64() * 1e3,
+                                    }
+                                })
+                            );
+                        } else {
+                            println!("{}\t{}", path.display(), caption.text);
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!(
+                    "{failed} of {} image(s) could not be captioned",
+                    images.len()
+                );
+            }
+        }
+        Command::Bench {
+            bundle,
+            images,
+            limit,
+            rounds,
+            beam,
+        } => {
+            let mut files = bench::image_files(&images)
+                .with_context(|| format!("reading the image folder {}", images.display()))?;
+            if let Some(n) = limit {
+                files.truncate(n);
+            }
+            if files.is_empty() {
+                anyhow::bail!("{} holds no .jpg, .jpeg or .png files", images.display());
+            }
+            let results = bench::bench(&bundle, &files, beam as usize, rounds)?;
+            println!(
+                "{:<28} {:>9} {:>22} {:>22} {:>22} {:>10}",
+                "bundle",
+                "MB",
+                "encoder ms min/med/p90",
+                "decoder ms min/med/p90",
+                "total ms min/med/p90",
+                "captions/s"
+            );
+            for r in &results {
+                let f = |s: &bench::Summary| format!("{:.1}/{:.1}/{:.1}", s.min, s.median, s.p90);
+                println!(
+                    "{:<28} {:>9.2} {:>22} {:>22} {:>22} {:>10.2}",
+                    r.model_id,
+                    r.bytes as f64 / 1e6,
+                    f(&r.encoder_ms),
+                    f(&r.decoder_ms),
+                    f(&r.total_ms),
+                    r.captions_per_second
+                );
+            }
+            if results.len() > 1 {
+                let base = results[0].encoder_ms.median;
+                for r in &results[1..] {
+                    println!(
+                        "encoder median {} / {}: {:.2}x",
+                        r.model_id,
+                        results[0].model_id,
+                        r.encoder_ms.median / base
+                    );
+                }
+            }
+            println!("{}", serde_json::to_string(&results)?);
+        }
+        Command::Evaluate {
+            bundle,
+            data,
+            split,
+            beam,
+            predictions,
+        } => {
+            let engine = Engine::load(&bundle)?;
+            let data = Flickr8k::load(&data)?;
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} {bar:40} {pos}/{len} images [{elapsed_precise}<{eta_precise}]",
+                )
+                .expect("valid template"),
+            );
+            bar.set_message("encoding");
+            let (report, preds) =
+                evaluate::evaluate(&engine, &data, split, beam as usize, |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                })?;
+            bar.finish_and_clear();
+            if let Some(path) = predictions {
+                evaluate::write_predictions(&path, &preds)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("{}", serde_json::to_string(&report)?);
+        }
+    }
     Ok(())
 }

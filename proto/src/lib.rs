@@ -8,6 +8,7 @@
 
 pub mod bleu;
 pub mod dataset;
+pub mod evaluation;
 pub mod manifest;
 pub mod mqtt;
 pub mod preprocess;

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use caption_proto::bleu::BleuStats;
 use caption_proto::dataset::{self, Flickr8k, Split};
+use caption_proto::evaluation::{score, Scores};
 use caption_proto::search::{beam_search, greedy, Hypothesis, SearchConfig, StepDecoder};
-use caption_proto::text::{py_split, strip_special, wrap, TextRules, START_TOKEN};
+use caption_proto::text::{strip_special, TextRules};
 use caption_proto::vocab::Vocabulary;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
@@ -107,14 +107,6 @@ pub fn decode_all(
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Scores {
-    pub bleu1: f64,
-    pub bleu2: f64,
-    pub bleu3: f64,
-    pub bleu4: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
 pub struct EvaluationReport {
     pub split: String,
     pub images: usize,
@@ -134,79 +126,6 @@ pub struct EvaluationReport {
     pub coco_protocol_fair: bool,
     pub decode_seconds: f64,
     pub images_per_second: f64,
-}
-
-fn tokens_of(text: &str) -> Vec<String> {
-    py_split(text).map(str::to_owned).collect()
-}
-
-/// BLEU of decoded captions under both protocols. `hyp_words[i]` are the generated words
-/// of image `ids[i]` (end token included when generated).
-pub fn score(
-    data: &Flickr8k,
-    ids: &[String],
-    hyp_words: &[Vec<String>],
-) -> Result<(Scores, Scores, Scores), caption_proto::BleuError> {
-    let original = data.clean_descriptions(TextRules::Original);
-    let standard = data.clean_descriptions(TextRules::Standard);
-    let orig_index: std::collections::HashMap<&str, usize> = original
-        .iter()
-        .enumerate()
-        .map(|(i, (id, _))| (id.as_str(), i))
-        .collect();
-    let mut orig_refs = Vec::new();
-    let mut orig_hyps = Vec::new();
-    let mut coco_refs = Vec::new();
-    let mut coco_hyps = Vec::new();
-    for (id, words) in ids.iter().zip(hyp_words) {
-        let i = orig_index[id.as_str()];
-        orig_refs.push(
-            original[i]
-                .1
-                .iter()
-                .map(|c| tokens_of(&wrap(c)))
-                .collect::<Vec<_>>(),
-        );
-        let mut hyp = vec![START_TOKEN.to_owned()];
-        hyp.extend(words.iter().cloned());
-        orig_hyps.push(hyp);
-        coco_refs.push(
-            standard[i]
-                .1
-                .iter()
-                .map(|c| tokens_of(c))
-                .collect::<Vec<_>>(),
-        );
-        coco_hyps.push(
-            strip_special(words.iter().map(String::as_str))
-                .into_iter()
-                .map(str::to_owned)
-                .collect::<Vec<_>>(),
-        );
-    }
-    let o = BleuStats::collect(&orig_refs, &orig_hyps, 4)?;
-    let original_scores = Scores {
-        bleu1: o.nltk(&[1.0])?,
-        bleu2: o.nltk(&[0.5, 0.5])?,
-        bleu3: o.nltk(&[0.3, 0.3, 0.3])?,
-        bleu4: o.nltk(&[0.25; 4])?,
-    };
-    let c = BleuStats::collect(&coco_refs, &coco_hyps, 4)?;
-    let cs = c.coco();
-    let coco = Scores {
-        bleu1: cs[0],
-        bleu2: cs[1],
-        bleu3: cs[2],
-        bleu4: cs[3],
-    };
-    let third = 1.0 / 3.0;
-    let nltk = Scores {
-        bleu1: c.nltk(&[1.0])?,
-        bleu2: c.nltk(&[0.5, 0.5])?,
-        bleu3: c.nltk(&[third, third, third])?,
-        bleu4: c.nltk(&[0.25; 4])?,
-    };
-    Ok((original_scores, coco, nltk))
 }
 
 pub struct EvaluateInputs<'a> {

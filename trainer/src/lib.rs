@@ -7,8 +7,10 @@
 pub mod device;
 pub mod encoders;
 pub mod evaluate;
+pub mod export;
 pub mod extract;
 pub mod model;
+pub mod onnx;
 pub mod plot;
 pub mod prepare;
 pub mod scoring;

@@ -170,6 +170,65 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Export a checkpoint and its encoder as a model bundle (ONNX graphs, vocabulary,
+    /// manifest), verify it in tract against the tch model, and print a JSON report.
+    Export {
+        /// The checkpoint (`model-epNNN-....safetensors` or its `.json`).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The encoder the checkpoint's features came from.
+        #[arg(long)]
+        features_encoder: EncoderKind,
+        /// Encoder weights (PyTorch checkpoint or safetensors).
+        #[arg(long, required_unless_present = "random_init")]
+        weights: Option<PathBuf>,
+        /// Random encoder weights from this seed instead (tests and benchmarks only).
+        #[arg(long, conflicts_with = "weights")]
+        random_init: Option<i64>,
+        /// The bundle directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// `none` (f32) or `int8` (static int8 encoder convolutions).
+        #[arg(long, default_value = "none", value_parser = ["none", "int8"])]
+        quantize: String,
+        /// Fully connected encoder layers of an int8 bundle: `f32` or `int8-conv1x1`.
+        #[arg(long, default_value = "f32")]
+        fc: caption_trainer::onnx::FcScheme,
+        /// Depthwise convolutions of an int8 bundle: `int8` or `f32`.
+        #[arg(long, default_value = "f32", value_parser = ["f32", "int8"])]
+        depthwise: String,
+        /// Decoder weight storage: `f32` or `f16` (default: f32 for f32 bundles, f16 for
+        /// int8 bundles).
+        #[arg(long, value_parser = ["f32", "f16"])]
+        decoder_storage: Option<String>,
+        /// Flickr8k folder: calibration images (train split) and verification images.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        calibration_images: usize,
+        #[arg(long, default_value = "dev")]
+        verify_split: Split,
+        /// How many images of the verification split to compare (the first ones).
+        #[arg(long, default_value_t = 100)]
+        verify_images: usize,
+        /// Keep the intermediate f32 bundle of an int8 export in this directory.
+        #[arg(long)]
+        f32_out: Option<PathBuf>,
+        /// Model id published with captions (default `flickr8k-<encoder>-<f32|int8>`).
+        #[arg(long)]
+        model_id: Option<String>,
+        /// Also score the bundle (through the edge engine) and record BLEU in the manifest.
+        #[arg(long)]
+        evaluate: bool,
+        #[arg(long, default_value = "test")]
+        evaluate_split: Split,
+        /// Beam width for --evaluate.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        beam: u64,
+        /// Replace an existing bundle directory.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show what libtorch sees (CUDA devices, CPU threads) as JSON.
     Device,
 }
@@ -421,6 +480,62 @@ fn main() -> Result<()> {
             if failed > 0 {
                 anyhow::bail!("{failed} of {} image(s) could not be read", images.len());
             }
+        }
+        Command::Export {
+            checkpoint,
+            features_encoder,
+            weights,
+            random_init,
+            out,
+            quantize,
+            fc,
+            depthwise,
+            decoder_storage,
+            data,
+            calibration_images,
+            verify_split,
+            verify_images,
+            f32_out,
+            model_id,
+            evaluate,
+            evaluate_split,
+            beam,
+            force,
+        } => {
+            use caption_trainer::export::{self, ExportOptions, Quantize};
+            use caption_trainer::onnx::DecoderStorage;
+            let opts = ExportOptions {
+                checkpoint,
+                encoder: features_encoder,
+                weights,
+                seed: random_init.unwrap_or(0),
+                out,
+                quantize: if quantize == "int8" {
+                    Quantize::Int8
+                } else {
+                    Quantize::None
+                },
+                fc,
+                int8_depthwise: depthwise == "int8",
+                decoder_storage: decoder_storage.map(|s| {
+                    if s == "f16" {
+                        DecoderStorage::F16
+                    } else {
+                        DecoderStorage::F32
+                    }
+                }),
+                data,
+                calibration_images,
+                verify_split,
+                verify_images,
+                f32_out,
+                model_id,
+                evaluate: evaluate.then_some((evaluate_split, beam as usize)),
+                force,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let report = export::export(&opts, |line| eprintln!("export: {line}"))?;
+            println!("{}", serde_json::to_string(&report)?);
         }
         Command::Device => println!("{}", serde_json::to_string(&device::report(cuda_backend))?),
     }

@@ -222,6 +222,31 @@ impl MergeModel {
         s
     }
 
+    /// The parameters as the ONNX decoder graph takes them.
+    pub fn decoder_params(&self) -> crate::onnx::DecoderParams {
+        let v = |t: &Tensor| -> Vec<f32> {
+            Vec::<f32>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
+                .expect("f32 parameters")
+        };
+        let c = &self.config;
+        crate::onnx::DecoderParams {
+            feature_dim: c.feature_dim,
+            vocab_size: c.vocab_size,
+            embed_dim: c.embed_dim,
+            hidden: c.hidden,
+            fe_w: v(&self.fe.ws),
+            fe_b: v(self.fe.bs.as_ref().expect("fe has a bias")),
+            embed: v(&self.embed.ws),
+            w_ih: v(&self.w_ih),
+            w_hh: v(&self.w_hh),
+            b_ih: v(&(&self.b_ih + &self.b_hh)),
+            dec_w: v(&self.dec.ws),
+            dec_b: v(self.dec.bs.as_ref().expect("dec has a bias")),
+            out_w: v(&self.out.ws),
+            out_b: v(self.out.bs.as_ref().expect("out has a bias")),
+        }
+    }
+
     pub fn device(&self) -> Device {
         self.w_ih.device()
     }

@@ -1,0 +1,435 @@
+//! The inference engine: a model bundle loaded into optimized tract plans, encoding
+//! preprocessed images and decoding captions with the shared search of `caption-proto`.
+//!
+//! This is the one inference path of the edge: `captiond run`, `caption`, `bench` and
+//! `evaluate` use it, and so does the trainer's export to verify a bundle.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use caption_proto::manifest::{Bundle, Manifest, ManifestError};
+use caption_proto::preprocess::{PreprocessError, Preprocessing};
+use caption_proto::search::{beam_search, greedy, Hypothesis, SearchConfig, StepDecoder};
+use caption_proto::text::strip_special;
+use tract_onnx::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{path}: cannot load the ONNX graph: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("{path}: {what}, but the manifest field `{field}` says {expected}")]
+    Shape {
+        path: PathBuf,
+        what: String,
+        field: String,
+        expected: String,
+    },
+    #[error("running {graph}: {message}")]
+    Run {
+        graph: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Image(#[from] PreprocessError),
+    #[error("the vocabulary of this bundle has no {0} token")]
+    MissingToken(&'static str),
+}
+
+type Plan = TypedSimplePlan<TypedModel>;
+
+/// A loaded bundle with its two plans.
+pub struct Engine {
+    pub bundle: Bundle,
+    encoder: Plan,
+    decoder: Plan,
+    start: u32,
+    end: u32,
+}
+
+/// A decoded caption with its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caption {
+    /// Words without special tokens, joined by spaces.
+    pub text: String,
+    pub hypothesis: Hypothesis,
+}
+
+/// Time spent in each stage of one captioning call.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    pub preprocess: Duration,
+    pub encoder: Duration,
+    pub decoder: Duration,
+}
+
+fn load_error(path: &Path, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Load {
+        path: path.to_owned(),
+        message: format!("{e:#}"),
+    }
+}
+
+fn run_error(graph: &'static str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Run {
+        graph,
+        message: format!("{e:#}"),
+    }
+}
+
+/// A dimension's value when it is a known integer.
+fn known(dim: &TDim) -> Option<i64> {
+    dim.to_i64().ok()
+}
+
+/// Check that `fact`'s shape is `[batch, expected...]` with a symbolic (or any) batch.
+fn check_shape(
+    path: &Path,
+    what: &str,
+    fact: &TypedFact,
+    expected: &[(usize, &str)],
+) -> Result<(), EngineError> {
+    let dims: Vec<TDim> = fact.shape.iter().cloned().collect();
+    if dims.len() != expected.len() + 1 {
+        return Err(EngineError::Shape {
+            path: path.to_owned(),
+            what: format!("{what} has rank {} (shape {:?})", dims.len(), dims),
+            field: expected.first().map(|e| e.1).unwrap_or("").to_owned(),
+            expected: format!("rank {}", expected.len() + 1),
+        });
+    }
+    for (dim, (value, field)) in dims[1..].iter().zip(expected) {
+        if known(dim) != Some(*value as i64) {
+            return Err(EngineError::Shape {
+                path: path.to_owned(),
+                what: format!("{what} has shape {dims:?}"),
+                field: (*field).to_owned(),
+                expected: value.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn load_typed(path: &Path) -> Result<TypedModel, EngineError> {
+    tract_onnx::onnx()
+        .model_for_path(path)
+        .and_then(|m| m.into_typed())
+        .map_err(|e| load_error(path, e))
+}
+
+fn optimize(model: TypedModel, path: &Path) -> Result<Plan, EngineError> {
+    model
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| load_error(path, e))
+}
+
+impl Engine {
+    /// Load and check a bundle directory, then build the optimized plans.
+    pub fn load(dir: &Path) -> Result<Engine, EngineError> {
+        let bundle = Manifest::load_bundle(dir)?;
+        let m = &bundle.manifest;
+        let size = m.encoder.preprocessing.size as usize;
+
+        let enc_path = bundle.encoder_path();
+        let encoder = load_typed(&enc_path)?;
+        if encoder.inputs.len() != 1 || encoder.outputs.len() != 1 {
+            return Err(load_error(
+                &enc_path,
+                format!(
+                    "expected 1 input and 1 output, found {} and {}",
+                    encoder.inputs.len(),
+                    encoder.outputs.len()
+                ),
+            ));
+        }
+        let fact = |model: &TypedModel, outlet: OutletId| {
+            model
+                .outlet_fact(outlet)
+                .cloned()
+                .map_err(|e| load_error(&enc_path, e))
+        };
+        check_shape(
+            &enc_path,
+            "the image input",
+            &fact(&encoder, encoder.inputs[0])?,
+            &[
+                (3, "encoder.preprocessing.channels"),
+                (size, "encoder.preprocessing.size"),
+                (size, "encoder.preprocessing.size"),
+            ],
+        )?;
+        check_shape(
+            &enc_path,
+            "the feature output",
+            &fact(&encoder, encoder.outputs[0])?,
+            &[(m.encoder.feature_dim, "encoder.feature_dim")],
+        )?;
+
+        let dec_path = bundle.decoder_path();
+        let decoder = load_typed(&dec_path)?;
+        if decoder.inputs.len() != 4 || decoder.outputs.len() != 3 {
+            return Err(load_error(
+                &dec_path,
+                format!(
+                    "expected 4 inputs (features, words, h, c) and 3 outputs, found {} and {}",
+                    decoder.inputs.len(),
+                    decoder.outputs.len()
+                ),
+            ));
+        }
+        let dfact = |outlet: OutletId| {
+            decoder
+                .outlet_fact(outlet)
+                .cloned()
+                .map_err(|e| load_error(&dec_path, e))
+        };
+        let hidden = m.decoder.hidden;
+        check_shape(
+            &dec_path,
+            "input `features`",
+            &dfact(decoder.inputs[0])?,
+            &[(m.encoder.feature_dim, "encoder.feature_dim")],
+        )?;
+        check_shape(&dec_path, "input `words`", &dfact(decoder.inputs[1])?, &[])?;
+        for (i, name) in [(2, "h"), (3, "c")] {
+            check_shape(
+                &dec_path,
+                &format!("input `{name}`"),
+                &dfact(decoder.inputs[i])?,
+                &[(hidden, "decoder.hidden")],
+            )?;
+            check_shape(
+                &dec_path,
+                &format!("output `{name}`"),
+                &dfact(decoder.outputs[i - 1])?,
+                &[(hidden, "decoder.hidden")],
+            )?;
+        }
+        check_shape(
+            &dec_path,
+            "output `log_probs`",
+            &dfact(decoder.outputs[0])?,
+            &[(m.decoder.vocab_size, "decoder.vocab_size")],
+        )?;
+
+        let start = bundle
+            .vocabulary
+            .start_index()
+            .ok_or(EngineError::MissingToken("start"))?;
+        let end = bundle
+            .vocabulary
+            .end_index()
+            .ok_or(EngineError::MissingToken("end"))?;
+        // The daemon encodes one frame at a time; a fixed batch of 1 also lets tract plan
+        // the int8 convolutions (its quantized im2col does not take a symbolic batch).
+        let encoder = match encoder.symbols.get("batch") {
+            Some(batch) => encoder
+                .concretize_dims(&SymbolValues::default().with(&batch, 1))
+                .map_err(|e| load_error(&enc_path, e))?,
+            None => encoder,
+        };
+        Ok(Engine {
+            encoder: optimize(encoder, &enc_path)?,
+            decoder: optimize(decoder, &dec_path)?,
+            bundle,
+            start,
+            end,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.bundle.manifest
+    }
+
+    pub fn preprocessing(&self) -> &Preprocessing {
+        &self.bundle.manifest.encoder.preprocessing
+    }
+
+    pub fn feature_dim(&self) -> usize {
+        self.bundle.manifest.encoder.feature_dim
+    }
+
+    /// The search settings of this bundle for a beam width.
+    pub fn search_config(&self, beam: usize) -> SearchConfig {
+        SearchConfig {
+            beam: beam.max(1),
+            max_length: self.bundle.manifest.decoder.max_length,
+            length_penalty: 0.0,
+            start: self.start,
+            end: self.end,
+        }
+    }
+
+    /// Feature vectors `[n * feature_dim]` of `n` preprocessed images `[n, 3, S, S]`.
+    pub fn encode(&self, images: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
+        let s = self.preprocessing().size as usize;
+        let input = tract_ndarray::Array4::from_shape_vec((n, 3, s, s), images.to_vec())
+            .map_err(|e| run_error("encoder", e))?;
+        let out = self
+            .encoder
+            .run(tvec!(Tensor::from(input).into()))
+            .map_err(|e| run_error("encoder", e))?;
+        let view = out[0]
+            .to_array_view::<f32>()
+            .map_err(|e| run_error("encoder", e))?;
+        Ok(view.iter().copied().collect())
+    }
+
+    /// A step decoder over the features `[n * feature_dim]` of `n` images.
+    pub fn step_decoder<'a>(&'a self, features: &'a [f32]) -> TractDecoder<'a> {
+        TractDecoder {
+            engine: self,
+            features,
+        }
+    }
+
+    /// Decode captions for `n` images' features with greedy (`beam <= 1`) or beam search.
+    pub fn decode(&self, features: &[f32], beam: usize) -> Result<Vec<Caption>, EngineError> {
+        let n = features.len() / self.feature_dim();
+        let config = self.search_config(beam);
+        let mut decoder = self.step_decoder(features);
+        let images: Vec<usize> = (0..n).collect();
+        let hyps = if config.beam <= 1 {
+            greedy(&mut decoder, &images, &config)?
+        } else {
+            beam_search(&mut decoder, &images, &config)?
+        };
+        Ok(hyps
+            .into_iter()
+            .map(|hypothesis| Caption {
+                text: self.text(&hypothesis),
+                hypothesis,
+            })
+            .collect())
+    }
+
+    /// The caption text of a hypothesis: its words without special tokens.
+    pub fn text(&self, h: &Hypothesis) -> String {
+        strip_special(self.bundle.vocabulary.decode(&h.tokens)).join(" ")
+    }
+
+    /// Caption one image file, timing each stage.
+    pub fn caption_file(
+        &self,
+        path: &Path,
+        beam: usize,
+    ) -> Result<(Caption, StageTimes), EngineError> {
+        let t0 = Instant::now();
+        let pixels = self.preprocessing().from_file(path)?;
+        self.caption_pixels(&pixels, beam, t0.elapsed())
+    }
+
+    /// Caption one preprocessed image `[3, S, S]`; `preprocess` is the time already spent.
+    pub fn caption_pixels(
+        &self,
+        pixels: &[f32],
+        beam: usize,
+        preprocess: Duration,
+    ) -> Result<(Caption, StageTimes), EngineError> {
+        let t1 = Instant::now();
+        let features = self.encode(pixels, 1)?;
+        let t2 = Instant::now();
+        let caption = self
+            .decode(&features, beam)?
+            .pop()
+            .expect("one caption per image");
+        let times = StageTimes {
+            preprocess,
+            encoder: t2 - t1,
+            decoder: t2.elapsed(),
+        };
+        Ok((caption, times))
+    }
+}
+
+/// The bundle's decoder graph as a [`StepDecoder`]; the state is `(h, c)`, each
+/// `[rows * hidden]`.
+pub struct TractDecoder<'a> {
+    engine: &'a Engine,
+    features: &'a [f32],
+}
+
+impl TractDecoder<'_> {
+    fn hidden(&self) -> usize {
+        self.engine.bundle.manifest.decoder.hidden
+    }
+
+    /// One raw step: log-probabilities `[rows, V]` and the new state.
+    pub fn run_step(
+        &self,
+        images: &[usize],
+        words: &[u32],
+        h: &[f32],
+        c: &[f32],
+    ) -> Result<(Vec<f32>, (Vec<f32>, Vec<f32>)), EngineError> {
+        let d = self.engine.feature_dim();
+        let hidden = self.hidden();
+        let rows = images.len();
+        let mut feats = Vec::with_capacity(rows * d);
+        for &i in images {
+            feats.extend_from_slice(&self.features[i * d..(i + 1) * d]);
+        }
+        let arr2 = |data: Vec<f32>, cols: usize| {
+            tract_ndarray::Array2::from_shape_vec((rows, cols), data)
+                .map(Tensor::from)
+                .map_err(|e| run_error("decoder", e))
+        };
+        let words: Vec<i64> = words.iter().map(|&w| w as i64).collect();
+        let words = tract_ndarray::Array1::from_vec(words);
+        let out = self
+            .engine
+            .decoder
+            .run(tvec!(
+                arr2(feats, d)?.into(),
+                Tensor::from(words).into(),
+                arr2(h.to_vec(), hidden)?.into(),
+                arr2(c.to_vec(), hidden)?.into(),
+            ))
+            .map_err(|e| run_error("decoder", e))?;
+        let flat = |i: usize| -> Result<Vec<f32>, EngineError> {
+            Ok(out[i]
+                .to_array_view::<f32>()
+                .map_err(|e| run_error("decoder", e))?
+                .iter()
+                .copied()
+                .collect())
+        };
+        Ok((flat(0)?, (flat(1)?, flat(2)?)))
+    }
+}
+
+impl StepDecoder for TractDecoder<'_> {
+    type State = (Vec<f32>, Vec<f32>);
+    type Error = EngineError;
+
+    fn vocab_size(&self) -> usize {
+        self.engine.bundle.manifest.decoder.vocab_size
+    }
+
+    fn start(&mut self, images: &[usize]) -> Result<Self::State, Self::Error> {
+        let zeros = vec![0.0; images.len() * self.hidden()];
+        Ok((zeros.clone(), zeros))
+    }
+
+    fn step(
+        &mut self,
+        state: &Self::State,
+        images: &[usize],
+        words: &[u32],
+    ) -> Result<(Vec<f32>, Self::State), Self::Error> {
+        self.run_step(images, words, &state.0, &state.1)
+    }
+
+    fn select(&mut self, state: &Self::State, rows: &[usize]) -> Result<Self::State, Self::Error> {
+        let hd = self.hidden();
+        let pick = |v: &[f32]| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&r| v[r * hd..(r + 1) * hd].iter().copied())
+                .collect()
+        };
+        Ok((pick(&state.0), pick(&state.1)))
+    }
+}

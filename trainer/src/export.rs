@@ -1,0 +1,791 @@
+//! `caption-train export`: a checkpoint and its encoder → a verified model bundle.
+//!
+//! The bundle is written beside its destination (`<out>.partial`), loaded back through
+//! `caption_edge::Engine` (the code `captiond` runs), compared with the tch model on
+//! held-aside images, and only then renamed into place. An int8 export first builds and
+//! verifies the f32 bundle, calibrates activation ranges by running the f32 encoder graph
+//! in tract over training images, and compares the int8 bundle with both.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use caption_edge::engine::{Engine, EngineError};
+use caption_proto::dataset::{self, Flickr8k, Split};
+use caption_proto::manifest::{
+    self, DecoderSection, EncoderSection, Manifest, VocabularySection, BUNDLE_FORMAT_VERSION,
+    MANIFEST_FILE,
+};
+use caption_proto::search::{SearchConfig, StepDecoder};
+use caption_proto::text::strip_special;
+use caption_proto::vocab::Vocabulary;
+use tch::{Device, Kind, Tensor};
+use tract_onnx::prelude::{Framework, InferenceModelExt};
+
+use crate::encoders::{EncoderKind, TchEncoder};
+use crate::evaluate::{decode_all, TchDecoder};
+use crate::model::MergeModel;
+use crate::onnx::{self, DecoderStorage, FcScheme, OnnxError};
+use crate::train::{self, CheckpointInfo, TrainError};
+
+/// File names inside a bundle.
+pub const ENCODER_FILE: &str = "encoder.onnx";
+pub const DECODER_FILE: &str = "decoder.onnx";
+pub const VOCAB_FILE: &str = "vocab.json";
+
+/// The f32 parity an export must reach, or it fails.
+pub const MIN_F32_COSINE: f64 = 0.9999;
+pub const MAX_F32_LOGPROB_DIFF: f64 = 1e-4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightsError),
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Manifest(#[from] caption_proto::manifest::ManifestError),
+    #[error(transparent)]
+    Dataset(#[from] caption_proto::DatasetError),
+    #[error(transparent)]
+    Vocab(#[from] caption_proto::vocab::VocabError),
+    #[error(transparent)]
+    Image(#[from] caption_proto::preprocess::PreprocessError),
+    #[error(transparent)]
+    Evaluate(#[from] caption_edge::evaluate::EvaluateError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: field `{field}` is {found}, but {expected}")]
+    Mismatch {
+        path: PathBuf,
+        field: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("calibration in tract failed: {0}")]
+    Calibration(String),
+    #[error("split {split} has only {found} usable images; {wanted} are needed for {purpose}")]
+    TooFewImages {
+        split: Split,
+        found: usize,
+        wanted: usize,
+        purpose: &'static str,
+    },
+    #[error(
+        "the f32 bundle does not reproduce the tch model: {problem} \
+         (the bundle is left in {} for inspection)", dir.display()
+    )]
+    Parity { problem: String, dir: PathBuf },
+    #[error("{0} exists; pass --force to replace it")]
+    Exists(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantize {
+    None,
+    Int8,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// The checkpoint's `.safetensors` (or its `.json`).
+    pub checkpoint: PathBuf,
+    pub encoder: EncoderKind,
+    /// Encoder weights; `None` uses random weights from `seed` (tests, benchmarks).
+    pub weights: Option<PathBuf>,
+    pub seed: i64,
+    pub out: PathBuf,
+    pub quantize: Quantize,
+    pub fc: FcScheme,
+    /// Depthwise convolutions as int8 (`QLinearConv`) or kept f32.
+    pub int8_depthwise: bool,
+    /// `None`: f32 for f32 bundles, f16 storage for int8 bundles.
+    pub decoder_storage: Option<DecoderStorage>,
+    /// Flickr8k root: calibration (train split) and verification images.
+    pub data: PathBuf,
+    pub calibration_images: usize,
+    pub verify_split: Split,
+    pub verify_images: usize,
+    /// Keep the intermediate f32 bundle of an int8 export here.
+    pub f32_out: Option<PathBuf>,
+    pub model_id: Option<String>,
+    /// Score the bundle on this split with this beam width and record it in the manifest.
+    pub evaluate: Option<(Split, usize)>,
+    pub force: bool,
+    /// The command line, for the manifest's provenance.
+    pub command: String,
+}
+
+/// The verification of one bundle against the tch model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verification {
+    pub images: usize,
+    pub feature_cosine_min: f64,
+    pub feature_cosine_mean: f64,
+    /// Max |Δ log p| of the decoder stepping the tch model's greedy paths with the tch
+    /// model's features (decoder alone).
+    pub logprob_max_abs_diff: f64,
+    /// Fraction of images whose greedy caption (image → bundle) equals the tch caption.
+    pub caption_agreement: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportReport {
+    pub bundle: PathBuf,
+    pub model_id: String,
+    pub f32: Verification,
+    pub int8: Option<Verification>,
+    /// int8 vs f32 bundle greedy captions.
+    pub int8_f32_caption_agreement: Option<f64>,
+    pub sizes: BTreeMap<String, u64>,
+    pub evaluation: Option<caption_edge::evaluate::BundleEvaluation>,
+}
+
+/// Images of `split` that have captions and an image file, in split order.
+fn split_images(data: &Flickr8k, split: Split) -> Vec<(String, PathBuf)> {
+    let files: HashMap<&str, PathBuf> = data
+        .images
+        .iter()
+        .map(|i| (i.id.as_str(), data.image_path(i)))
+        .collect();
+    let descriptions = data.clean_descriptions(caption_proto::TextRules::Standard);
+    dataset::select(&descriptions, data.split_ids(split))
+        .into_iter()
+        .filter_map(|(id, _)| {
+            let path = files.get(id.as_str())?;
+            path.is_file().then(|| (id.clone(), path.clone()))
+        })
+        .collect()
+}
+
+/// `n` items spread evenly over `items` (all when `n >= len`).
+fn spread<T: Clone>(items: &[T], n: usize) -> Vec<T> {
+    if n >= items.len() {
+        return items.to_vec();
+    }
+    (0..n).map(|i| items[i * items.len() / n].clone()).collect()
+}
+
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))
+        .expect("f32 tensor")
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    if aa == 0.0 && bb == 0.0 {
+        1.0
+    } else {
+        ab / (aa.sqrt() * bb.sqrt()).max(f64::MIN_POSITIVE)
+    }
+}
+
+/// What the tch model says about the verification images.
+struct Reference {
+    pixels: Vec<Vec<f32>>,
+    features: Vec<f32>,
+    /// Greedy token paths.
+    tokens: Vec<Vec<u32>>,
+    captions: Vec<String>,
+}
+
+fn reference(
+    encoder: &TchEncoder,
+    model: &MergeModel,
+    vocab: &Vocabulary,
+    search: &SearchConfig,
+    paths: &[PathBuf],
+) -> Result<Reference, ExportError> {
+    let pre = &encoder.spec.preprocessing;
+    let side = pre.size as i64;
+    let mut pixels = Vec::with_capacity(paths.len());
+    for p in paths {
+        pixels.push(pre.from_file(p)?);
+    }
+    let mut features = Vec::new();
+    for chunk in pixels.chunks(8) {
+        let flat: Vec<f32> = chunk.concat();
+        let batch = Tensor::from_slice(&flat).reshape([chunk.len() as i64, 3, side, side]);
+        features.extend(to_vec(&encoder.features(&batch)));
+    }
+    let d = encoder.spec.feature_dim as i64;
+    let ft = Tensor::from_slice(&features).reshape([paths.len() as i64, d]);
+    let hyps = decode_all(model, &ft, search, 100);
+    let captions = hyps
+        .iter()
+        .map(|h| strip_special(vocab.decode(&h.tokens)).join(" "))
+        .collect();
+    Ok(Reference {
+        pixels,
+        features,
+        tokens: hyps.into_iter().map(|h| h.tokens).collect(),
+        captions,
+    })
+}
+
+/// Encode the reference images through a bundle and caption them greedily.
+fn bundle_outputs(engine: &Engine, r: &Reference) -> Result<(Vec<f32>, Vec<String>), ExportError> {
+    let mut features = Vec::with_capacity(r.features.len());
+    for p in &r.pixels {
+        features.extend(engine.encode(p, 1)?);
+    }
+    let captions = engine
+        .decode(&features, 1)?
+        .into_iter()
+        .map(|c| c.text)
+        .collect();
+    Ok((features, captions))
+}
+
+fn verify(
+    engine: &Engine,
+    model: &MergeModel,
+    r: &Reference,
+    search: &SearchConfig,
+) -> Result<(Verification, Vec<String>), ExportError> {
+    let n = r.pixels.len();
+    let d = engine.feature_dim();
+    let (features, captions) = bundle_outputs(engine, r)?;
+    let cosines: Vec<f64> = (0..n)
+        .map(|i| {
+            cosine(
+                &r.features[i * d..(i + 1) * d],
+                &features[i * d..(i + 1) * d],
+            )
+        })
+        .collect();
+    // Decoder alone: both step the tch greedy paths from the tch features.
+    let ft = Tensor::from_slice(&r.features).reshape([n as i64, d as i64]);
+    let mut tch_dec = TchDecoder::new(model, &ft);
+    let mut tract_dec = engine.step_decoder(&r.features);
+    let rows: Vec<usize> = (0..n).collect();
+    let steps = r.tokens.iter().map(Vec::len).max().unwrap_or(0);
+    let never = |e: std::convert::Infallible| -> ExportError { match e {} };
+    let mut s_tch = tch_dec.start(&rows).map_err(never)?;
+    let mut s_tract = tract_dec.start(&rows)?;
+    let v = engine.manifest().decoder.vocab_size;
+    let mut max_diff = 0.0f64;
+    for t in 0..steps {
+        let words: Vec<u32> = r
+            .tokens
+            .iter()
+            .map(|tok| match t {
+                0 => search.start,
+                _ => tok.get(t - 1).copied().unwrap_or(0),
+            })
+            .collect();
+        let (a, next_tch) = tch_dec.step(&s_tch, &rows, &words).map_err(never)?;
+        let (b, next_tract) = tract_dec.step(&s_tract, &rows, &words)?;
+        for (i, tok) in r.tokens.iter().enumerate() {
+            if t < tok.len() {
+                for (x, y) in a[i * v..(i + 1) * v].iter().zip(&b[i * v..(i + 1) * v]) {
+                    max_diff = max_diff.max((x - y).abs() as f64);
+                }
+            }
+        }
+        s_tch = next_tch;
+        s_tract = next_tract;
+    }
+    let agree = captions
+        .iter()
+        .zip(&r.captions)
+        .filter(|(a, b)| a == b)
+        .count();
+    Ok((
+        Verification {
+            images: n,
+            feature_cosine_min: cosines.iter().copied().fold(f64::INFINITY, f64::min),
+            feature_cosine_mean: cosines.iter().sum::<f64>() / n.max(1) as f64,
+            logprob_max_abs_diff: max_diff,
+            caption_agreement: agree as f64 / n.max(1) as f64,
+        },
+        captions,
+    ))
+}
+
+/// Observed `(min, max)` of each calibration point of the f32 encoder graph, running it in
+/// tract over the given images.
+pub fn calibrate(
+    graph: &onnx::EncoderGraph,
+    pre: &caption_proto::preprocess::Preprocessing,
+    images: &[PathBuf],
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<(f32, f32)>, ExportError> {
+    let err = |e: tract_onnx::prelude::TractError| ExportError::Calibration(format!("{e:#}"));
+    let mut model = tract_onnx::onnx()
+        .model_for_proto_model(&graph.model)
+        .map_err(err)?;
+    let points: Vec<&str> = graph
+        .calibration_points
+        .iter()
+        .map(String::as_str)
+        .collect();
+    model.set_output_names(&points).map_err(err)?;
+    let plan = model
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(err)?;
+    let mut ranges = vec![(f32::INFINITY, f32::NEG_INFINITY); points.len()];
+    let s = pre.size as usize;
+    for (i, path) in images.iter().enumerate() {
+        let pixels = pre.from_file(path)?;
+        let input =
+            tract_onnx::prelude::tract_ndarray::Array4::from_shape_vec((1, 3, s, s), pixels)
+                .map_err(|e| ExportError::Calibration(e.to_string()))?;
+        let outputs = plan
+            .run(std::iter::once(tract_onnx::prelude::Tensor::from(input).into()).collect())
+            .map_err(err)?;
+        for (range, out) in ranges.iter_mut().zip(outputs.iter()) {
+            let view = out.to_array_view::<f32>().map_err(err)?;
+            for &v in view.iter() {
+                range.0 = range.0.min(v);
+                range.1 = range.1.max(v);
+            }
+        }
+        progress(i + 1, images.len());
+    }
+    Ok(ranges)
+}
+
+struct BundleFiles<'a> {
+    encoder: &'a [u8],
+    decoder: &'a [u8],
+    vocab: &'a str,
+}
+
+fn write_bundle(
+    dir: &Path,
+    files: &BundleFiles<'_>,
+    manifest: &mut Manifest,
+) -> Result<(), ExportError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    for (name, bytes) in [
+        (ENCODER_FILE, files.encoder),
+        (DECODER_FILE, files.decoder),
+        (VOCAB_FILE, files.vocab.as_bytes()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(io(&path))?;
+        let sum = manifest::sha256_file(&path).map_err(io(&path))?;
+        manifest.files.insert(name.to_owned(), sum);
+    }
+    write_manifest(dir, manifest)
+}
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), ExportError> {
+    let path = dir.join(MANIFEST_FILE);
+    std::fs::write(&path, manifest.to_toml()).map_err(io(&path))
+}
+
+fn record(metrics: &mut BTreeMap<String, f64>, prefix: &str, v: &Verification) {
+    metrics.insert(format!("{prefix}_verify_images"), v.images as f64);
+    metrics.insert(format!("{prefix}_feature_cosine_min"), v.feature_cosine_min);
+    metrics.insert(
+        format!("{prefix}_feature_cosine_mean"),
+        v.feature_cosine_mean,
+    );
+    metrics.insert(
+        format!("{prefix}_logprob_max_abs_diff"),
+        v.logprob_max_abs_diff,
+    );
+    metrics.insert(format!("{prefix}_caption_agreement"), v.caption_agreement);
+}
+
+fn file_sizes(dir: &Path) -> Result<BTreeMap<String, u64>, ExportError> {
+    let mut sizes = BTreeMap::new();
+    for name in [ENCODER_FILE, DECODER_FILE, VOCAB_FILE, MANIFEST_FILE] {
+        let path = dir.join(name);
+        let len = std::fs::metadata(&path).map_err(io(&path))?.len();
+        sizes.insert(name.to_owned(), len);
+    }
+    Ok(sizes)
+}
+
+fn replace_dir(from: &Path, to: &Path) -> Result<(), ExportError> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).map_err(io(to))?;
+    }
+    std::fs::rename(from, to).map_err(io(to))
+}
+
+fn partial(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Export, verify and (optionally) evaluate a bundle. `log` receives progress lines.
+pub fn export(
+    opts: &ExportOptions,
+    mut log: impl FnMut(&str),
+) -> Result<ExportReport, ExportError> {
+    if opts.out.exists() && !opts.force {
+        return Err(ExportError::Exists(opts.out.clone()));
+    }
+    let json = opts.checkpoint.with_extension("json");
+    let weights_path = opts.checkpoint.with_extension("safetensors");
+    let info: CheckpointInfo = train::load_info(&json)?;
+    let spec = opts.encoder.spec();
+    if info.encoder != spec.kind.name() {
+        return Err(ExportError::Mismatch {
+            path: json,
+            field: "encoder",
+            found: info.encoder.clone(),
+            expected: format!("--features-encoder is {}", spec.kind.name()),
+        });
+    }
+    if info.model.feature_dim != spec.feature_dim {
+        return Err(ExportError::Mismatch {
+            path: json,
+            field: "model.feature_dim",
+            found: info.model.feature_dim.to_string(),
+            expected: format!("{} gives {}-d features", spec.kind.name(), spec.feature_dim),
+        });
+    }
+    let (_vs, model) = train::load_model(&weights_path, &info, Device::Cpu)?;
+    let vocab = Vocabulary::from_json(&info.vocab.to_string(), &json.display().to_string())?;
+    let (Some(start), Some(end)) = (vocab.start_index(), vocab.end_index()) else {
+        return Err(ExportError::Mismatch {
+            path: json,
+            field: "vocab",
+            found: "a vocabulary without startseq/endseq".into(),
+            expected: "both are needed to decode".into(),
+        });
+    };
+    let search = SearchConfig {
+        beam: 1,
+        max_length: info.max_length,
+        length_penalty: 0.0,
+        start,
+        end,
+    };
+    let encoder = match &opts.weights {
+        Some(path) => TchEncoder::from_file(spec.clone(), path, Device::Cpu)?,
+        None => TchEncoder::random(spec.clone(), opts.seed, Device::Cpu),
+    };
+    let params: HashMap<String, Vec<f32>> = encoder
+        .named_parameters()
+        .iter()
+        .map(|(k, t)| (k.clone(), to_vec(t)))
+        .collect();
+    let layers = onnx::fold(&spec.features, &params)?;
+
+    let data = Flickr8k::load(&opts.data)?;
+    let verify_pool = split_images(&data, opts.verify_split);
+    if verify_pool.is_empty() {
+        return Err(ExportError::TooFewImages {
+            split: opts.verify_split,
+            found: 0,
+            wanted: opts.verify_images.max(1),
+            purpose: "verification",
+        });
+    }
+    let verify_paths: Vec<PathBuf> = verify_pool
+        .iter()
+        .take(opts.verify_images.max(1))
+        .map(|(_, p)| p.clone())
+        .collect();
+    log(&format!(
+        "tch reference on {} {} images",
+        verify_paths.len(),
+        opts.verify_split
+    ));
+    let r = reference(&encoder, &model, &vocab, &search, &verify_paths)?;
+
+    let model_id = opts.model_id.clone().unwrap_or_else(|| {
+        let q = match opts.quantize {
+            Quantize::None => "f32",
+            Quantize::Int8 => "int8",
+        };
+        let short = match spec.kind {
+            EncoderKind::Vgg16 => "vgg16",
+            EncoderKind::EfficientNetLite0 => "lite0",
+        };
+        format!("flickr8k-{short}-{q}")
+    });
+    let mut provenance = BTreeMap::from([
+        (
+            "checkpoint".to_owned(),
+            opts.checkpoint.display().to_string(),
+        ),
+        ("epoch".to_owned(), info.epoch.to_string()),
+        ("train_loss".to_owned(), format!("{:.6}", info.train_loss)),
+        ("val_loss".to_owned(), format!("{:.6}", info.val_loss)),
+        ("features_file".to_owned(), info.features_file.clone()),
+        (
+            "training_options".to_owned(),
+            serde_json::to_string(&info.options).unwrap_or_default(),
+        ),
+        ("export_command".to_owned(), opts.command.clone()),
+        (
+            "data".to_owned(),
+            "Flickr8k (Flickr8k_text, Flicker8k_Dataset)".to_owned(),
+        ),
+        (
+            "encoder_weights".to_owned(),
+            match &opts.weights {
+                Some(p) => p.display().to_string(),
+                None => format!("random (seed {})", opts.seed),
+            },
+        ),
+    ]);
+    provenance.insert(
+        "exporter".into(),
+        format!("caption-train {}", env!("CARGO_PKG_VERSION")),
+    );
+    let base_manifest = |id: &str, storage: DecoderStorage| Manifest {
+        format_version: BUNDLE_FORMAT_VERSION,
+        model_id: id.to_owned(),
+        encoder: EncoderSection {
+            name: spec.kind.name().to_owned(),
+            file: ENCODER_FILE.to_owned(),
+            feature_dim: spec.feature_dim,
+            preprocessing: spec.preprocessing.clone(),
+        },
+        decoder: DecoderSection {
+            file: DECODER_FILE.to_owned(),
+            vocab_size: info.model.vocab_size,
+            embed_dim: info.model.embed_dim,
+            hidden: info.model.hidden,
+            max_length: info.max_length,
+        },
+        vocabulary: VocabularySection {
+            file: VOCAB_FILE.to_owned(),
+            text_rules: vocab.text_rules(),
+        },
+        files: BTreeMap::new(),
+        quantization: BTreeMap::from([(
+            "decoder".to_owned(),
+            match storage {
+                DecoderStorage::F32 => "f32".to_owned(),
+                DecoderStorage::F16 => {
+                    "weight matrices stored as float16, cast to float32 at load; f32 compute"
+                        .to_owned()
+                }
+            },
+        )]),
+        provenance: provenance.clone(),
+        metrics: BTreeMap::new(),
+    };
+    let vocab_json = vocab.to_json();
+    let dparams = model.decoder_params();
+
+    // The f32 bundle, always built and verified first.
+    log("building the f32 graphs");
+    let f32_graph = onnx::encoder_f32(&spec, &layers);
+    let f32_encoder = onnx::encode(&f32_graph.model);
+    let f32_storage = match opts.quantize {
+        Quantize::None => opts.decoder_storage.unwrap_or(DecoderStorage::F32),
+        Quantize::Int8 => DecoderStorage::F32,
+    };
+    let f32_decoder = onnx::encode(&onnx::decoder(&dparams, f32_storage));
+    let f32_dir = match (opts.quantize, &opts.f32_out) {
+        (Quantize::None, _) => partial(&opts.out, ".partial"),
+        (Quantize::Int8, Some(dir)) => dir.clone(),
+        (Quantize::Int8, None) => partial(&opts.out, ".f32.partial"),
+    };
+    let f32_id = match opts.quantize {
+        Quantize::None => model_id.clone(),
+        Quantize::Int8 => model_id.replace("int8", "f32"),
+    };
+    let mut f32_manifest = base_manifest(&f32_id, f32_storage);
+    f32_manifest
+        .quantization
+        .insert("scheme".into(), "none (f32)".into());
+    write_bundle(
+        &f32_dir,
+        &BundleFiles {
+            encoder: &f32_encoder,
+            decoder: &f32_decoder,
+            vocab: &vocab_json,
+        },
+        &mut f32_manifest,
+    )?;
+    log("verifying the f32 bundle in tract");
+    let f32_engine = Engine::load(&f32_dir)?;
+    let (f32_check, f32_captions) = verify(&f32_engine, &model, &r, &search)?;
+    log(&format!(
+        "f32: feature cosine min {:.7}, log-prob max |diff| {:.2e}, caption agreement {:.4}",
+        f32_check.feature_cosine_min, f32_check.logprob_max_abs_diff, f32_check.caption_agreement
+    ));
+    if f32_check.feature_cosine_min < MIN_F32_COSINE
+        || f32_check.logprob_max_abs_diff > MAX_F32_LOGPROB_DIFF
+    {
+        return Err(ExportError::Parity {
+            problem: format!(
+                "feature cosine min {:.7} (must be >= {MIN_F32_COSINE}), log-prob max |diff| {:.3e} (must be <= {MAX_F32_LOGPROB_DIFF:e})",
+                f32_check.feature_cosine_min, f32_check.logprob_max_abs_diff
+            ),
+            dir: f32_dir,
+        });
+    }
+    record(&mut f32_manifest.metrics, "f32", &f32_check);
+    f32_manifest
+        .provenance
+        .insert("verify_split".into(), opts.verify_split.to_string());
+
+    let (final_dir, mut final_manifest, int8, agreement) = match opts.quantize {
+        Quantize::None => {
+            write_manifest(&f32_dir, &f32_manifest)?;
+            (f32_dir.clone(), f32_manifest, None, None)
+        }
+        Quantize::Int8 => {
+            write_manifest(&f32_dir, &f32_manifest)?;
+            let train_pool = split_images(&data, Split::Train);
+            if train_pool.is_empty() {
+                return Err(ExportError::TooFewImages {
+                    split: Split::Train,
+                    found: 0,
+                    wanted: opts.calibration_images.max(1),
+                    purpose: "calibration",
+                });
+            }
+            let calib: Vec<PathBuf> = spread(&train_pool, opts.calibration_images.max(1))
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            log(&format!("calibrating on {} train images", calib.len()));
+            let mut last = 0;
+            let ranges = calibrate(&f32_graph, &spec.preprocessing, &calib, |done, total| {
+                if done * 10 / total > last {
+                    last = done * 10 / total;
+                    eprintln!("  calibration {done}/{total}");
+                }
+            })?;
+            let int8_graph =
+                onnx::encoder_int8(&spec, &layers, &ranges, opts.fc, opts.int8_depthwise)?;
+            let storage = opts.decoder_storage.unwrap_or(DecoderStorage::F16);
+            let int8_encoder = onnx::encode(&int8_graph.model);
+            let int8_decoder = onnx::encode(&onnx::decoder(&dparams, storage));
+            let dir = partial(&opts.out, ".partial");
+            let mut m = base_manifest(&model_id, storage);
+            m.quantization.extend([
+                ("scheme".to_owned(), "int8 static".to_owned()),
+                (
+                    "encoder_convolutions".to_owned(),
+                    "QLinearConv: int8 weights, symmetric per output channel; int8 activations, \
+                     affine per tensor; BatchNorm folded; ReLU/ReLU6 folded into the output range"
+                        .to_owned(),
+                ),
+                ("encoder_fully_connected".to_owned(), opts.fc.name().to_owned()),
+                (
+                    "encoder_depthwise".to_owned(),
+                    if opts.int8_depthwise { "int8" } else { "f32" }.to_owned(),
+                ),
+                (
+                    "encoder_int8_layers".to_owned(),
+                    int8_graph.int8_layers.to_string(),
+                ),
+                (
+                    "encoder_f32_layers".to_owned(),
+                    int8_graph.f32_layers.to_string(),
+                ),
+                (
+                    "calibration".to_owned(),
+                    format!(
+                        "min/max of every quantized tensor over {} Flickr8k train images (evenly spaced), f32 graph run in tract",
+                        calib.len()
+                    ),
+                ),
+            ]);
+            write_bundle(
+                &dir,
+                &BundleFiles {
+                    encoder: &int8_encoder,
+                    decoder: &int8_decoder,
+                    vocab: &vocab_json,
+                },
+                &mut m,
+            )?;
+            log("verifying the int8 bundle in tract");
+            let engine = Engine::load(&dir)?;
+            let (check, captions) = verify(&engine, &model, &r, &search)?;
+            let agree = captions
+                .iter()
+                .zip(&f32_captions)
+                .filter(|(a, b)| a == b)
+                .count() as f64
+                / captions.len().max(1) as f64;
+            log(&format!(
+                "int8: feature cosine min {:.5} mean {:.5}, decoder log-prob max |diff| {:.2e}, \
+                 caption agreement with tch {:.4}, with the f32 bundle {:.4}",
+                check.feature_cosine_min,
+                check.feature_cosine_mean,
+                check.logprob_max_abs_diff,
+                check.caption_agreement,
+                agree
+            ));
+            record(&mut m.metrics, "f32", &f32_check);
+            record(&mut m.metrics, "int8", &check);
+            m.metrics.insert("int8_f32_caption_agreement".into(), agree);
+            m.provenance
+                .insert("verify_split".into(), opts.verify_split.to_string());
+            write_manifest(&dir, &m)?;
+            if opts.f32_out.is_none() {
+                std::fs::remove_dir_all(&f32_dir).map_err(io(&f32_dir))?;
+            }
+            (dir, m, Some(check), Some(agree))
+        }
+    };
+
+    let evaluation = match opts.evaluate {
+        None => None,
+        Some((split, beam)) => {
+            log(&format!("evaluating the bundle on {split} (beam {beam})"));
+            let engine = Engine::load(&final_dir)?;
+            let (report, _) =
+                caption_edge::evaluate::evaluate(&engine, &data, split, beam, |_, _| {})?;
+            let m = &mut final_manifest.metrics;
+            let s = split.to_string();
+            for (name, scores) in [
+                ("coco", &report.coco_protocol),
+                ("original", &report.original_protocol),
+            ] {
+                for (i, v) in [scores.bleu1, scores.bleu2, scores.bleu3, scores.bleu4]
+                    .into_iter()
+                    .enumerate()
+                {
+                    m.insert(format!("{s}_{name}_bleu{}", i + 1), v);
+                }
+            }
+            m.insert(format!("{s}_bleu_beam"), beam as f64);
+            m.insert(format!("{s}_bleu_images"), report.images as f64);
+            write_manifest(&final_dir, &final_manifest)?;
+            Some(report)
+        }
+    };
+    // Checksums are unchanged: the manifest is not one of its own files.
+    Manifest::load_bundle(&final_dir)?;
+    let sizes = file_sizes(&final_dir)?;
+    replace_dir(&final_dir, &opts.out)?;
+    Ok(ExportReport {
+        bundle: opts.out.clone(),
+        model_id,
+        f32: f32_check,
+        int8,
+        int8_f32_caption_agreement: agreement,
+        sizes,
+        evaluation,
+    })
+}
