@@ -6,6 +6,9 @@ missing=()
 command -v g++ >/dev/null || missing+=(g++)               # torch-sys compiles its C++ shim
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)  # libtorch cache venv
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)  # nokhwa's V4L2 bindings (bindgen)
+command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)  # MQTT tests
+command -v openssl >/dev/null || missing+=(openssl)       # the TLS test makes its own CA
 if ((${#missing[@]})); then
   echo "ensure-system-deps: installing ${missing[*]}" >&2
   SUDO=""

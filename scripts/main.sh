@@ -1,24 +1,12 @@
 #!/usr/bin/env bash
-# The main job, set-up included: the trainer pipeline on the real Flickr8k.
-#   1. prepare  — the tutorial's text figures
-#   2. extract  — EfficientNet-Lite0 features of every image (reused when already done)
-#   3. train    — the merge model on `standard` text (words seen >= 5 times)
-#   4. evaluate — BLEU on the test split, beam 3, both protocols
-# (The edge daemon replaces this as the main job when it lands — coming.)
-#   FLICKR8K_DIR  the Flickr8k folder (default: ../shared/flickr8k beside the repo)
-#   RUNS          output folder (default: runs/)
+# The main job, set-up included: captiond on its embedded defaults. It captions the images
+# in examples/images with the committed default bundle (models/flickr8k-lite0-int8), keeps
+# watching the folder for new images, and publishes over MQTT on an embedded broker at
+# 127.0.0.1:1883. Subscribe from another terminal:
+#   mosquitto_sub -h 127.0.0.1 -p 1883 -t 'captiond/#' -v
+# Stop with Ctrl-C (the queue is flushed and `offline` published).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-system-deps.sh
-scripts/setup-libtorch.sh >/dev/null
-WEIGHTS=$(scripts/setup-weights.sh)
-cargo build --release -p caption-trainer
-T=target/release/caption-train
-DATA="${FLICKR8K_DIR:-../shared/flickr8k}"
-RUNS="${RUNS:-runs}"
-mkdir -p "$RUNS"
-$T prepare --data "$DATA" --out "$RUNS/prepare-standard" --text standard
-$T extract --data "$DATA" --encoder efficientnet-lite0 --weights "$WEIGHTS" --out "$RUNS/features-lite0.safetensors"
-$T train --features "$RUNS/features-lite0.safetensors" --data "$DATA" --out "$RUNS/lite0-standard" \
-  --text standard --min-count 5
-$T evaluate --run "$RUNS/lite0-standard" --features "$RUNS/features-lite0.safetensors" --data "$DATA" --beam 3
+cargo build --release -p caption-edge --bin captiond
+exec target/release/captiond run --config examples/demo.toml "$@"

@@ -2,8 +2,13 @@
 //! the MQTT publisher and the daemon's configuration, wired up by the `captiond` binary.
 
 pub mod bench;
+pub mod broker;
+pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod evaluate;
+pub mod publish;
+pub mod source;
 
 pub use engine::{Caption, Engine, EngineError, StageTimes};
 

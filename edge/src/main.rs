@@ -2,7 +2,11 @@
 
 use std::path::PathBuf;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
+use caption_edge::config::Config;
 use caption_edge::{bench, engine::Engine, evaluate};
 use caption_proto::{Flickr8k, Split};
 use clap::{Parser, Subcommand};
@@ -17,6 +21,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the daemon: caption frames from the configured source and publish them over
+    /// MQTT (an embedded broker when the config names none). Without --config, the
+    /// defaults: the default bundle, images in examples/images, embedded broker on
+    /// 127.0.0.1:1883.
+    Run {
+        /// The TOML config (see edge/captiond.example.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective config (defaults filled in).
+    CheckConfig { config: PathBuf },
+    /// List cameras (V4L2) and their formats.
+    Cameras,
     /// Caption image files once and print `path<TAB>caption` (or JSON lines with --json).
     Caption {
         /// The model bundle directory.
@@ -66,9 +83,41 @@ enum Command {
     },
 }
 
+fn init_logging(level: &str) {
+    let filter = std::env::var("CAPTIOND_LOG").unwrap_or_else(|_| level.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config } => {
+            let config = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            init_logging(&config.log_level);
+            let shutdown = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(signal, shutdown.clone())
+                    .context("installing the signal handlers")?;
+            }
+            caption_edge::daemon::run(&config, shutdown)?;
+        }
+        Command::CheckConfig { config } => {
+            let c = Config::load(&config)?;
+            print!("{}", c.to_toml());
+        }
+        Command::Cameras => {
+            for line in caption_edge::source::list_cameras()? {
+                println!("{line}");
+            }
+        }
         Command::Caption {
             bundle,
             beam,

@@ -121,18 +121,28 @@ pub struct CaptionEvent {
 }
 
 /// The JSON payload of `<prefix>/stats`.
+/// The JSON payload of `<prefix>/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
-    /// Captions per second over the last interval.
+    /// Captions per second over the last stats interval.
     pub fps: f64,
-    /// Median encoder + decoder time per caption over the last interval.
+    /// Mean encoder + decoder milliseconds per caption over the last interval.
     pub inference_ms: f64,
-    /// Messages waiting in the offline queue.
+    /// Caption events not yet acknowledged by the broker.
     pub queue_depth: u64,
-    /// Messages dropped because the offline queue was full, since start.
+    /// Caption events dropped because the queue was full (oldest first).
     pub dropped_frames: u64,
-    /// Frames skipped because they could not be read or decoded, since start.
+    /// Frames skipped because they could not be read or decoded (corrupt, truncated,
+    /// not an image).
     pub skipped_frames: u64,
+    /// Frames skipped because they barely changed (`source.skip_similar`).
+    pub similar_frames: u64,
+    /// Captions not published because the text did not change (`source.publish_on_change`).
+    pub unchanged_captions: u64,
+    /// Captions made since start.
+    pub captions: u64,
+    pub connected: bool,
     pub uptime_s: f64,
 }
 
@@ -224,7 +234,9 @@ mod tests {
             queue_depth: 3,
             dropped_frames: 0,
             skipped_frames: 2,
+            captions: 9,
             uptime_s: 60.0,
+            ..Default::default()
         };
         let text = serde_json::to_string(&s).unwrap();
         assert!(text.contains("\"skipped_frames\":2"));

@@ -1,0 +1,75 @@
+//! The embedded MQTT broker (`rumqttd`), started when the config names no broker, so the
+//! daemon works out of the box and clients can still subscribe.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("embedded broker: cannot listen on {listen}: {problem}")]
+    Listen { listen: SocketAddr, problem: String },
+}
+
+/// Start the broker on `listen` in a background thread; returns once it accepts
+/// connections.
+pub fn start(listen: SocketAddr) -> Result<(), BrokerError> {
+    // Fail early and clearly when the address is taken (rumqttd would only log it).
+    std::net::TcpListener::bind(listen).map_err(|e| BrokerError::Listen {
+        listen,
+        problem: e.to_string(),
+    })?;
+    let server = ServerSettings {
+        name: "captiond-v4".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: 1 << 20,
+            max_inflight_count: 200,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 1000,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("v4".to_owned(), server)])),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    };
+    std::thread::spawn(move || {
+        let mut broker = Broker::new(config);
+        if let Err(e) = broker.start() {
+            tracing::error!("embedded broker stopped: {e}");
+        }
+    });
+    // Wait until it accepts connections.
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(listen).is_ok() {
+            tracing::info!("embedded MQTT broker listening on {listen}");
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(BrokerError::Listen {
+        listen,
+        problem: "it did not start accepting connections within 2 s".into(),
+    })
+}

@@ -1,0 +1,462 @@
+//! The MQTT publisher: a bounded queue of caption events in front of `rumqttc`, drained
+//! only while connected; QoS 1, persistent session, retained state and availability, last
+//! will, Home Assistant discovery, stats, reconnection with back-off and jitter.
+//!
+//! Delivery: an event stays in our queue until the client is connected; once handed to
+//! rumqttc it is retransmitted after a reconnect until the broker acknowledges it (rumqttc
+//! keeps unacknowledged QoS 1 publishes across reconnects). When the queue is full the
+//! oldest event is dropped and counted.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use caption_proto::mqtt::{CaptionEvent, Topics, OFFLINE, ONLINE};
+use rumqttc::{Client, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+use crate::config::Config;
+use crate::source::Backoff;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot read {path} (field `{field}`): {source}")]
+    File {
+        path: PathBuf,
+        field: &'static str,
+        source: std::io::Error,
+    },
+    #[error("topic: {0}")]
+    Topic(#[from] caption_proto::mqtt::TopicError),
+}
+
+/// What the daemon asks the publisher to send.
+pub enum Message {
+    Caption(Box<CaptionEvent>),
+    /// The latest caption text (retained `<camera>/state`).
+    State {
+        camera: String,
+        text: String,
+    },
+    /// A stats JSON payload.
+    Stats(String),
+}
+
+/// Counters shared with the daemon (stats).
+#[derive(Default)]
+pub struct Counters {
+    pub queued: AtomicU64,
+    pub dropped: AtomicU64,
+    /// Caption events handed to the MQTT client (sent, or retransmitted until acknowledged).
+    pub published: AtomicU64,
+    pub connected: AtomicBool,
+}
+
+pub struct Publisher {
+    tx: mpsc::Sender<Message>,
+    pub counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// rumqttc options from the config: stable client id, persistent session, last will,
+/// credentials, TLS.
+pub fn mqtt_options(config: &Config, host: &str, port: u16) -> Result<MqttOptions, PublishError> {
+    let topics = Topics::new(&config.topic_prefix())?;
+    let m = &config.mqtt;
+    let mut o = MqttOptions::new(config.client_id(), host, port);
+    o.set_keep_alive(Duration::from_secs(m.keep_alive_s));
+    o.set_clean_session(false);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_last_will(LastWill::new(
+        topics.availability(),
+        OFFLINE,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(user) = &m.username {
+        o.set_credentials(user, m.password.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &m.tls {
+        let read = |path: &PathBuf, field: &'static str| {
+            std::fs::read(path).map_err(|source| PublishError::File {
+                path: path.clone(),
+                field,
+                source,
+            })
+        };
+        let ca = read(&tls.ca_file, "mqtt.tls.ca_file")?;
+        let client_auth = match (&tls.client_cert, &tls.client_key) {
+            (Some(c), Some(k)) => Some((
+                read(c, "mqtt.tls.client_cert")?,
+                read(k, "mqtt.tls.client_key")?,
+            )),
+            _ => None,
+        };
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(o)
+}
+
+/// The Home Assistant discovery config of a camera's caption sensor.
+pub fn discovery(config: &Config, camera: &str) -> Result<(String, String), PublishError> {
+    let topics = Topics::new(&config.topic_prefix())?;
+    let object = format!("{}_{camera}_caption", config.device_id).replace(['-', '.'], "_");
+    let topic = format!(
+        "{}/sensor/{object}/config",
+        config.mqtt.home_assistant.discovery_prefix
+    );
+    let payload = serde_json::json!({
+        "name": format!("{camera} caption"),
+        "unique_id": object,
+        "state_topic": topics.state(camera)?,
+        "json_attributes_topic": topics.caption(camera)?,
+        "availability_topic": topics.availability(),
+        "payload_available": ONLINE,
+        "payload_not_available": OFFLINE,
+        "icon": "mdi:image-text",
+        "device": {
+            "identifiers": [format!("captiond_{}", config.device_id)],
+            "name": format!("captiond {}", config.device_id),
+            "model": "captiond",
+            "sw_version": crate::version(),
+        }
+    });
+    Ok((topic, payload.to_string()))
+}
+
+fn load_queue(path: &PathBuf) -> VecDeque<CaptionEvent> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return VecDeque::new();
+    };
+    let mut out = VecDeque::new();
+    for (i, line) in text.lines().enumerate() {
+        match serde_json::from_str::<CaptionEvent>(line) {
+            Ok(e) => out.push_back(e),
+            Err(e) => tracing::warn!(
+                "{}:{}: skipping a bad queued event: {e}",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    if !out.is_empty() {
+        tracing::info!(
+            "{} undelivered events reloaded from {}",
+            out.len(),
+            path.display()
+        );
+    }
+    out
+}
+
+fn save_queue(path: &PathBuf, queue: &VecDeque<CaptionEvent>) {
+    let result = (|| -> std::io::Result<()> {
+        if queue.is_empty() {
+            if path.exists() {
+                std::fs::remove_file(path)?;
+            }
+            return Ok(());
+        }
+        let tmp = path.with_extension("partial");
+        let mut f = std::fs::File::create(&tmp)?;
+        for e in queue {
+            writeln!(f, "{}", serde_json::to_string(e).expect("events serialise"))?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    match result {
+        Ok(()) if !queue.is_empty() => tracing::info!(
+            "{} undelivered events saved to {}",
+            queue.len(),
+            path.display()
+        ),
+        Ok(()) => {}
+        Err(e) => tracing::error!("cannot save the queue to {}: {e}", path.display()),
+    }
+}
+
+/// Most events handed to rumqttc and not yet acknowledged.
+const MAX_IN_FLIGHT: u64 = 64;
+
+struct Shared {
+    connected: bool,
+    /// Publishes acknowledged by the broker (PubAck).
+    acked: u64,
+    /// Set on each ConnAck: the retained topics and discovery must be (re)published.
+    announce: bool,
+}
+
+impl Publisher {
+    /// Connect (in the background) and start publishing. `cameras` get discovery configs.
+    pub fn start(
+        config: &Config,
+        host: &str,
+        port: u16,
+        cameras: Vec<String>,
+    ) -> Result<Publisher, PublishError> {
+        let topics = Topics::new(&config.topic_prefix())?;
+        let options = mqtt_options(config, host, port)?;
+        let (client, mut connection) = Client::new(options, 256);
+        let counters = Arc::new(Counters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Mutex::new(Shared {
+            connected: false,
+            acked: 0,
+            announce: false,
+        }));
+
+        // The connection driver: rumqttc's event loop, with our back-off between attempts.
+        {
+            let shared = shared.clone();
+            let counters = counters.clone();
+            let stop = stop.clone();
+            let status_topic = config.mqtt.home_assistant.status_topic.clone();
+            let discovery_on = config.mqtt.home_assistant.discovery;
+            let mut backoff = Backoff::new(
+                Duration::from_millis(config.mqtt.reconnect_min_ms),
+                Duration::from_millis(config.mqtt.reconnect_max_ms),
+            );
+            let endpoint = format!("{host}:{port}");
+            std::thread::spawn(move || {
+                let mut outage: Option<Instant> = None;
+                for event in connection.iter() {
+                    match event {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            if let Some(t) = outage.take() {
+                                tracing::info!(
+                                    "MQTT broker {endpoint} reachable again after {:.1} s",
+                                    t.elapsed().as_secs_f64()
+                                );
+                            } else {
+                                tracing::info!("connected to MQTT broker {endpoint}");
+                            }
+                            backoff.reset();
+                            let mut s = shared.lock().expect("publisher state");
+                            s.connected = true;
+                            s.announce = true;
+                            counters.connected.store(true, Ordering::Relaxed);
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            shared.lock().expect("publisher state").acked += 1;
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if discovery_on
+                                && p.topic == status_topic
+                                && &p.payload[..] == b"online"
+                            {
+                                shared.lock().expect("publisher state").announce = true;
+                            }
+                        }
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            {
+                                let mut s = shared.lock().expect("publisher state");
+                                s.connected = false;
+                                counters.connected.store(false, Ordering::Relaxed);
+                            }
+                            if stop.load(Ordering::Relaxed) && outage.is_some() {
+                                break;
+                            }
+                            if outage.is_none() {
+                                tracing::warn!(
+                                    "MQTT broker {endpoint} unreachable: {e}; retrying with back-off"
+                                );
+                                outage = Some(Instant::now());
+                            }
+                            std::thread::sleep(backoff.next_wait());
+                        }
+                    }
+                }
+            });
+        }
+
+        let (tx, rx) = mpsc::channel::<Message>();
+        let capacity = config.mqtt.queue_capacity;
+        let queue_file = config.mqtt.queue_file.clone();
+        let shutdown_timeout = Duration::from_secs(config.mqtt.shutdown_timeout_s);
+        let discovery_msgs: Vec<(String, String)> = if config.mqtt.home_assistant.discovery {
+            cameras
+                .iter()
+                .map(|c| discovery(config, c))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let status_topic = config
+            .mqtt
+            .home_assistant
+            .discovery
+            .then(|| config.mqtt.home_assistant.status_topic.clone());
+        let thread = {
+            let counters = counters.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut queue: VecDeque<CaptionEvent> =
+                    queue_file.as_ref().map(load_queue).unwrap_or_default();
+                // Retained state per camera: only the latest matters.
+                let mut states: Vec<(String, String)> = Vec::new();
+                let mut stats: Option<String> = None;
+                let mut handed = 0u64;
+                let mut stopping_since: Option<Instant> = None;
+                loop {
+                    let mut open = true;
+                    match rx.recv_timeout(Duration::from_millis(20)) {
+                        Ok(m) => {
+                            let mut next = Some(m);
+                            while let Some(m) = next.take() {
+                                match m {
+                                    Message::Caption(e) => {
+                                        if queue.len() >= capacity {
+                                            queue.pop_front();
+                                            counters.dropped.fetch_add(1, Ordering::Relaxed);
+                                        }
+                                        queue.push_back(*e);
+                                    }
+                                    Message::State { camera, text } => {
+                                        states.retain(|(c, _)| c != &camera);
+                                        states.push((camera, text));
+                                    }
+                                    Message::Stats(s) => stats = Some(s),
+                                }
+                                next = rx.try_recv().ok();
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+                    }
+                    if (!open || stop.load(Ordering::Relaxed)) && stopping_since.is_none() {
+                        stopping_since = Some(Instant::now());
+                    }
+                    let (connected, acked, announce) = {
+                        let mut s = shared.lock().expect("publisher state");
+                        let a = s.announce;
+                        s.announce = false;
+                        (s.connected, s.acked, a)
+                    };
+                    if connected {
+                        if announce {
+                            if client
+                                .try_publish(topics.availability(), QoS::AtLeastOnce, true, ONLINE)
+                                .is_ok()
+                            {
+                                handed += 1;
+                            }
+                            if let Some(t) = &status_topic {
+                                let _ = client.try_subscribe(t, QoS::AtLeastOnce);
+                            }
+                            for (t, p) in &discovery_msgs {
+                                if client
+                                    .try_publish(t, QoS::AtLeastOnce, true, p.clone())
+                                    .is_ok()
+                                {
+                                    handed += 1;
+                                }
+                            }
+                        }
+                        for (camera, text) in states.drain(..) {
+                            if let Ok(t) = topics.state(&camera) {
+                                if client.try_publish(t, QoS::AtLeastOnce, true, text).is_ok() {
+                                    handed += 1;
+                                }
+                            }
+                        }
+                        if let Some(s) = stats.take() {
+                            if client
+                                .try_publish(topics.stats(), QoS::AtLeastOnce, false, s)
+                                .is_ok()
+                            {
+                                handed += 1;
+                            }
+                        }
+                        while handed.saturating_sub(acked) < MAX_IN_FLIGHT {
+                            let Some(e) = queue.pop_front() else { break };
+                            let topic = match topics.caption(&e.camera) {
+                                Ok(t) => t,
+                                Err(err) => {
+                                    tracing::error!("dropping an event: {err}");
+                                    continue;
+                                }
+                            };
+                            let payload = serde_json::to_vec(&e).expect("events serialise");
+                            match client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+                                Ok(()) => {
+                                    handed += 1;
+                                    counters.published.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(_) => {
+                                    queue.push_front(e);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    counters.queued.store(
+                        queue.len() as u64 + handed.saturating_sub(acked),
+                        Ordering::Relaxed,
+                    );
+                    if let Some(since) = stopping_since {
+                        let drained = queue.is_empty() && handed <= acked;
+                        if drained || since.elapsed() >= shutdown_timeout {
+                            if !drained {
+                                tracing::warn!(
+                                    "shutting down with {} events undelivered",
+                                    queue.len() as u64 + handed.saturating_sub(acked)
+                                );
+                            }
+                            break;
+                        }
+                    }
+                }
+                // Going offline: say so (retained), give the broker a moment to take it.
+                if shared.lock().expect("publisher state").connected {
+                    let before = shared.lock().expect("publisher state").acked;
+                    let _ =
+                        client.try_publish(topics.availability(), QoS::AtLeastOnce, true, OFFLINE);
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_secs(2)
+                        && shared.lock().expect("publisher state").acked == before
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let _ = client.try_disconnect();
+                }
+                if let Some(path) = &queue_file {
+                    save_queue(path, &queue);
+                }
+            })
+        };
+        Ok(Publisher {
+            tx,
+            counters,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn send(&self, m: Message) {
+        if let Message::Caption(_) = &m {
+            self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        // The publisher thread only ends in `finish`.
+        let _ = self.tx.send(m);
+    }
+
+    /// Deliver what is queued (bounded by the shutdown timeout), publish `offline`, stop.
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! `captiond run` as a real process against a real mosquitto (started here on free
+//! loopback ports) with a real subscriber, using the committed default bundle and real
+//! Flickr8k fixture images.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use caption_proto::mqtt::CaptionEvent;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mosquitto_bin() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("mosquitto is not installed (scripts/ensure-system-deps.sh installs it)");
+}
+
+struct Mosquitto {
+    child: Child,
+    conf: PathBuf,
+    port: u16,
+}
+
+impl Mosquitto {
+    /// A broker with persistence in `dir`; `extra` adds config lines (e.g. a TLS listener).
+    fn start(dir: &Path, port: u16, extra: &str) -> Mosquitto {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nmax_queued_messages 100000\nmax_inflight_messages 100\n{extra}",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        Self::spawn(conf, port)
+    }
+
+    fn spawn(conf: PathBuf, port: u16) -> Mosquitto {
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto { child, conf, port }
+    }
+
+    /// SIGTERM (mosquitto saves its persistent sessions) and wait.
+    fn stop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    /// Stop if running, then start again with the same config and persistence.
+    fn restart(&mut self) {
+        self.stop();
+        let next = Self::spawn(self.conf.clone(), self.port);
+        let old = std::mem::replace(self, next);
+        std::mem::forget(old); // already stopped and reaped
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything a subscriber saw, by topic, in order.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<HashMap<String, Vec<(String, bool)>>>>);
+
+impl Seen {
+    fn payloads(&self, topic: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(topic)
+            .map(|v| v.iter().map(|(p, _)| p.clone()).collect())
+            .unwrap_or_default()
+    }
+    fn retained(&self, topic: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(topic)
+            .map(|v| {
+                v.iter()
+                    .filter(|(_, r)| *r)
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn(&Seen) -> bool) {
+        let t = Instant::now();
+        while !done(self) {
+            assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A QoS 1 subscriber to `captiond/#` with a persistent session; reconnects by itself.
+fn subscribe(port: u16, id: &str) -> Seen {
+    let seen = Seen::default();
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_clean_session(false);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(o, 100);
+    let s = seen.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    client.subscribe("captiond/#", QoS::AtLeastOnce).unwrap();
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                    s.0.lock()
+                        .unwrap()
+                        .entry(p.topic.clone())
+                        .or_default()
+                        .push((payload, p.retain));
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("subscribed");
+    seen
+}
+
+/// A folder with `n` real fixture images (cycled, renamed so names sort in order).
+fn images(dir: &Path, n: usize) -> PathBuf {
+    let src = workspace().join("fixtures/flickr8k/Flicker8k_Dataset");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    files.sort();
+    let out = dir.join("frames");
+    std::fs::create_dir_all(&out).unwrap();
+    for i in 0..n {
+        std::fs::copy(&files[i % files.len()], out.join(format!("{i:05}.jpg"))).unwrap();
+    }
+    out
+}
+
+fn config(dir: &Path, body: &str) -> PathBuf {
+    let bundle = workspace().join("models/flickr8k-lite0-int8");
+    let path = dir.join("captiond.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "device_id = \"test\"\nlog_level = \"info,rumqttd=warn\"\n[model]\nbundle = \"{}\"\n{body}",
+            bundle.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn daemon(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_captiond"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(t.elapsed() < timeout, "captiond did not exit in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stderr_of(child: Child) -> String {
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned()
+}
+
+const CAPTION: &str = "captiond/test/main/caption";
+
+fn events(seen: &Seen) -> Vec<CaptionEvent> {
+    seen.payloads(CAPTION)
+        .iter()
+        .map(|p| serde_json::from_str(p).expect("a valid caption event"))
+        .collect()
+}
+
+#[test]
+fn a_folder_of_images_gives_one_event_each_and_retained_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Mosquitto::start(dir.path(), port, "");
+    let seen = subscribe(port, "sub-folder");
+    let frames = images(dir.path(), 6);
+    // Bad files among the good ones: skipped, counted, logged with their path.
+    std::fs::write(
+        frames.join("00002a-corrupt.jpg"),
+        b"\xff\xd8\xff\xe0 not really",
+    )
+    .unwrap();
+    let good = std::fs::read(frames.join("00000.jpg")).unwrap();
+    std::fs::write(frames.join("00003a-truncated.jpg"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(frames.join("00004a-text.png"), b"hello").unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[source]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nstats_interval_s = 1\n",
+            frames.display()
+        ),
+    );
+    let mut child = daemon(&cfg);
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    assert!(status.success());
+    let stderr = stderr_of(child);
+    for bad in [
+        "00002a-corrupt.jpg",
+        "00003a-truncated.jpg",
+        "00004a-text.png",
+    ] {
+        assert!(stderr.contains(bad), "{bad} not logged:\n{stderr}");
+    }
+    seen.wait_for("6 events", Duration::from_secs(10), |s| {
+        events(s).len() >= 6
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let evs = events(&seen);
+    assert_eq!(evs.len(), 6);
+    let raw: serde_json::Value = serde_json::from_str(&seen.payloads(CAPTION)[0]).unwrap();
+    for field in [
+        "id",
+        "camera",
+        "timestamp",
+        "caption",
+        "score",
+        "model_id",
+        "sequence",
+        "latency_ms",
+    ] {
+        assert!(raw.get(field).is_some(), "missing {field}");
+    }
+    for f in ["capture", "decode", "encoder", "decoder", "total"] {
+        assert!(raw["latency_ms"][f].as_f64().unwrap() >= 0.0);
+    }
+    for e in &evs {
+        assert_eq!(e.camera, "main");
+        assert_eq!(e.model_id, "flickr8k-lite0-int8");
+        assert!(!e.caption.is_empty() && e.score < 0.0);
+        assert!(e.timestamp.ends_with('Z') && e.timestamp.contains('T'));
+    }
+    let stats: Vec<serde_json::Value> = seen
+        .payloads("captiond/test/stats")
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    let last = stats.last().expect("stats published");
+    assert_eq!(last["skipped_frames"], 3, "{last}");
+    assert_eq!(last["captions"], 6, "{last}");
+    // A subscriber that comes late sees the retained state and availability.
+    let late = subscribe(port, "sub-late");
+    late.wait_for("retained topics", Duration::from_secs(5), |s| {
+        !s.retained("captiond/test/availability").is_empty()
+            && !s.retained("captiond/test/main/state").is_empty()
+    });
+    assert_eq!(late.retained("captiond/test/availability"), ["offline"]);
+    assert_eq!(
+        late.retained("captiond/test/main/state"),
+        [evs.last().unwrap().caption.clone()]
+    );
+}
+
+#[test]
+fn sigterm_publishes_offline_and_exits_zero_and_sigkill_triggers_the_last_will() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Mosquitto::start(dir.path(), port, "");
+    let seen = subscribe(port, "sub-signals");
+    let frames = images(dir.path(), 2);
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[source]\npath = \"{}\"\nwatch = true\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nshutdown_timeout_s = 5\nkeep_alive_s = 5\n",
+            frames.display()
+        ),
+    );
+    let avail = "captiond/test/availability";
+    for (signal, label) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
+        let before = seen.payloads(avail).len();
+        let mut child = daemon(&cfg);
+        seen.wait_for("online", Duration::from_secs(30), |s| {
+            s.payloads(avail).len() > before && s.payloads(avail).last().unwrap() == "online"
+        });
+        seen.wait_for("a caption", Duration::from_secs(60), |s| {
+            !events(s).is_empty()
+        });
+        let t = Instant::now();
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = wait_exit(&mut child, Duration::from_secs(10));
+        if signal == libc::SIGTERM {
+            assert!(status.success(), "{label}: {status:?}");
+            assert!(t.elapsed() < Duration::from_secs(6));
+        }
+        // SIGKILL: the broker notices the dead connection and publishes the last will.
+        seen.wait_for("offline", Duration::from_secs(20), |s| {
+            s.payloads(avail).last().map(String::as_str) == Some("offline")
+        });
+    }
+}
+
+#[test]
+fn broker_down_at_start_then_up_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let frames = images(dir.path(), 4);
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[source]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\nshutdown_timeout_s = 60\n",
+            frames.display()
+        ),
+    );
+    // The subscriber's persistent session exists before the daemon starts.
+    let mut broker = Mosquitto::start(dir.path(), port, "");
+    let seen = subscribe(port, "sub-late-broker");
+    broker.stop();
+    let child = daemon(&cfg);
+    // Let it caption (and queue) everything while no broker runs.
+    std::thread::sleep(Duration::from_secs(8));
+    broker.restart();
+    seen.wait_for("4 events", Duration::from_secs(60), |s| {
+        events(s).len() >= 4
+    });
+    let stderr = stderr_of(child);
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    let mut ids: Vec<String> = events(&seen).into_iter().map(|e| e.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4);
+}
+
+#[test]
+fn a_broker_restart_mid_run_loses_no_caption() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut broker = Mosquitto::start(dir.path(), port, "");
+    let seen = subscribe(port, "sub-restart");
+    let n = 200;
+    let frames = images(dir.path(), n);
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[source]\npath = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\nshutdown_timeout_s = 60\n",
+            frames.display()
+        ),
+    );
+    let mut child = daemon(&cfg);
+    seen.wait_for("some events", Duration::from_secs(300), |s| {
+        events(s).len() >= 20
+    });
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.restart();
+    let status = wait_exit(&mut child, Duration::from_secs(900));
+    assert!(status.success());
+    seen.wait_for("all events", Duration::from_secs(60), |s| {
+        let mut ids: Vec<String> = events(s).into_iter().map(|e| e.id).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len() >= n
+    });
+    let all = events(&seen);
+    let mut seqs: Vec<u64> = all.iter().map(|e| e.sequence).collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
+    let duplicates = all.len() - n;
+    println!("{n} captions delivered across a broker restart, {duplicates} QoS 1 duplicates");
+    assert!(duplicates <= 100, "{duplicates} duplicates");
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let ok = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs")
+        .success();
+    assert!(ok, "openssl {args:?}");
+}
+
+#[test]
+fn tls_to_a_broker_with_its_own_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=captiond test CA",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let (plain, tls) = (free_port(), free_port());
+    let _broker = Mosquitto::start(
+        d,
+        plain,
+        &format!(
+            "listener {tls} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n",
+            d.display()
+        ),
+    );
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = subscribe(plain, "sub-tls");
+    let frames = images(d, 2);
+    let cfg = config(
+        d,
+        &format!(
+            "[source]\npath = \"{}\"\n[mqtt]\nhost = \"localhost\"\nport = {tls}\n[mqtt.tls]\nca_file = \"{}/ca.pem\"\n",
+            frames.display(),
+            d.display()
+        ),
+    );
+    let mut child = daemon(&cfg);
+    assert!(wait_exit(&mut child, Duration::from_secs(120)).success());
+    seen.wait_for("2 events over TLS", Duration::from_secs(10), |s| {
+        events(s).len() >= 2
+    });
+    // A CA that did not sign the server's certificate is refused.
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=other CA",
+        ],
+    );
+    let cfg = config(
+        d,
+        &format!(
+            "[source]\npath = \"{}\"\n[mqtt]\nhost = \"localhost\"\nport = {tls}\nshutdown_timeout_s = 2\n[mqtt.tls]\nca_file = \"{}/other.pem\"\n",
+            frames.display(),
+            d.display()
+        ),
+    );
+    let mut child = daemon(&cfg);
+    assert!(wait_exit(&mut child, Duration::from_secs(120)).success());
+    let stderr = stderr_of(child);
+    assert!(
+        stderr.contains("unreachable") && stderr.contains("undelivered"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_prints_the_effective_config_or_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(dir.path(), "[source]\ninterval_ms = 500\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_captiond"))
+        .args(["check-config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("interval_ms = 500") && text.contains("queue_capacity = 10000"),
+        "{text}"
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[mqtt]\nreconnect_min_ms = 0\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_captiond"))
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("mqtt.reconnect_min_ms"),
+        "{err}"
+    );
+}
