@@ -19,7 +19,7 @@ pub enum DaemonError {
     #[error("model bundle {bundle}: {source}")]
     Engine {
         bundle: std::path::PathBuf,
-        source: EngineError,
+        source: Box<EngineError>,
     },
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -66,7 +66,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError
     let bundle = &config.model.bundle;
     let engine = Engine::load(bundle).map_err(|source| DaemonError::Engine {
         bundle: bundle.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let model_id = engine.manifest().model_id.clone();
     tracing::info!(

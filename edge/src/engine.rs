@@ -345,6 +345,9 @@ impl Engine {
     }
 }
 
+/// LSTM `(h, c)`, each `[rows * hidden]`.
+pub type LstmState = (Vec<f32>, Vec<f32>);
+
 /// The bundle's decoder graph as a [`StepDecoder`]; the state is `(h, c)`, each
 /// `[rows * hidden]`.
 pub struct TractDecoder<'a> {
@@ -364,7 +367,7 @@ impl TractDecoder<'_> {
         words: &[u32],
         h: &[f32],
         c: &[f32],
-    ) -> Result<(Vec<f32>, (Vec<f32>, Vec<f32>)), EngineError> {
+    ) -> Result<(Vec<f32>, LstmState), EngineError> {
         let d = self.engine.feature_dim();
         let hidden = self.hidden();
         let rows = images.len();
@@ -402,7 +405,7 @@ impl TractDecoder<'_> {
 }
 
 impl StepDecoder for TractDecoder<'_> {
-    type State = (Vec<f32>, Vec<f32>);
+    type State = LstmState;
     type Error = EngineError;
 
     fn vocab_size(&self) -> usize {

@@ -207,6 +207,9 @@ impl Publisher {
         let (client, mut connection) = Client::new(options, 256);
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
+        // Set when the publisher thread is done (queue flushed or timed out): only then may
+        // the connection driver stop reconnecting.
+        let quit = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Mutex::new(Shared {
             connected: false,
             acked: 0,
@@ -217,7 +220,7 @@ impl Publisher {
         {
             let shared = shared.clone();
             let counters = counters.clone();
-            let stop = stop.clone();
+            let quit = quit.clone();
             let status_topic = config.mqtt.home_assistant.status_topic.clone();
             let discovery_on = config.mqtt.home_assistant.discovery;
             let mut backoff = Backoff::new(
@@ -265,7 +268,7 @@ impl Publisher {
                                 s.connected = false;
                                 counters.connected.store(false, Ordering::Relaxed);
                             }
-                            if stop.load(Ordering::Relaxed) && outage.is_some() {
+                            if quit.load(Ordering::Relaxed) {
                                 break;
                             }
                             if outage.is_none() {
@@ -434,6 +437,7 @@ impl Publisher {
                 if let Some(path) = &queue_file {
                     save_queue(path, &queue);
                 }
+                quit.store(true, Ordering::Relaxed);
             })
         };
         Ok(Publisher {

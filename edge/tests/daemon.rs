@@ -46,7 +46,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
                  persistence_location {}/\nmax_queued_messages 100000\nmax_inflight_messages 100\n{extra}",
                 dir.display()
             ),
@@ -96,9 +96,12 @@ impl Drop for Mosquitto {
     }
 }
 
+/// Payloads received on one topic, with their retain flag, in order.
+type Received = Vec<(String, bool)>;
+
 /// Everything a subscriber saw, by topic, in order.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<HashMap<String, Vec<(String, bool)>>>>);
+struct Seen(Arc<Mutex<HashMap<String, Received>>>);
 
 impl Seen {
     fn payloads(&self, topic: &str) -> Vec<String> {
@@ -199,12 +202,15 @@ fn config(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
+/// Start `captiond run`; stdout and stderr go to files beside the config (a pipe nobody
+/// reads would fill up and block the daemon).
 fn daemon(config: &Path) -> Child {
+    let dir = config.parent().unwrap();
     Command::new(env!("CARGO_BIN_EXE_captiond"))
         .args(["run", "--config"])
         .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
         .spawn()
         .unwrap()
 }
@@ -220,8 +226,10 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn stderr_of(child: Child) -> String {
-    String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned()
+/// Wait for the daemon to exit and return its log (stderr).
+fn stderr_of(mut child: Child, dir: &Path) -> String {
+    child.wait().unwrap();
+    std::fs::read_to_string(dir.join("stderr.log")).unwrap()
 }
 
 const CAPTION: &str = "captiond/test/main/caption";
@@ -259,7 +267,7 @@ fn a_folder_of_images_gives_one_event_each_and_retained_topics() {
     let mut child = daemon(&cfg);
     let status = wait_exit(&mut child, Duration::from_secs(120));
     assert!(status.success());
-    let stderr = stderr_of(child);
+    let stderr = stderr_of(child, dir.path());
     for bad in [
         "00002a-corrupt.jpg",
         "00003a-truncated.jpg",
@@ -377,7 +385,7 @@ fn broker_down_at_start_then_up_delivers_everything() {
     seen.wait_for("4 events", Duration::from_secs(60), |s| {
         events(s).len() >= 4
     });
-    let stderr = stderr_of(child);
+    let stderr = stderr_of(child, dir.path());
     assert!(stderr.contains("unreachable"), "{stderr}");
     let mut ids: Vec<String> = events(&seen).into_iter().map(|e| e.id).collect();
     ids.sort();
@@ -557,7 +565,7 @@ fn tls_to_a_broker_with_its_own_ca() {
     );
     let mut child = daemon(&cfg);
     assert!(wait_exit(&mut child, Duration::from_secs(120)).success());
-    let stderr = stderr_of(child);
+    let stderr = stderr_of(child, d);
     assert!(
         stderr.contains("unreachable") && stderr.contains("undelivered"),
         "{stderr}"
