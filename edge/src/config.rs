@@ -407,7 +407,7 @@ mod tests {
         assert!(m.contains("embedded_broker.listen"), "{m}");
         let m = msg("[mqtt.tls]\nca_file = \"\"\n");
         assert!(m.contains("mqtt.tls.ca_file"), "{m}");
-        let m = msg("log_level = \"loud=\"\n");
+        let m = msg("log_level = \"caption=notalevel\"\n");
         assert!(m.contains("log_level"), "{m}");
     }
 }
