@@ -263,10 +263,11 @@ impl Engine {
         }
     }
 
-    /// Feature vectors `[n * feature_dim]` of `n` preprocessed images `[n, 3, S, S]`.
-    pub fn encode(&self, images: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
+    /// The feature vector of one preprocessed image `[3, S, S]` (the encoder plan is built
+    /// for a batch of 1, see [`Engine::load`]).
+    pub fn encode(&self, pixels: &[f32]) -> Result<Vec<f32>, EngineError> {
         let s = self.preprocessing().size as usize;
-        let input = tract_ndarray::Array4::from_shape_vec((n, 3, s, s), images.to_vec())
+        let input = tract_ndarray::Array4::from_shape_vec((1, 3, s, s), pixels.to_vec())
             .map_err(|e| run_error("encoder", e))?;
         let out = self
             .encoder
@@ -330,7 +331,7 @@ impl Engine {
         preprocess: Duration,
     ) -> Result<(Caption, StageTimes), EngineError> {
         let t1 = Instant::now();
-        let features = self.encode(pixels, 1)?;
+        let features = self.encode(pixels)?;
         let t2 = Instant::now();
         let caption = self
             .decode(&features, beam)?

@@ -84,7 +84,7 @@ pub fn evaluate(
             .from_file(path)
             .map_err(EngineError::from)?;
         let t1 = Instant::now();
-        features.extend(engine.encode(&pixels, 1)?);
+        features.extend(engine.encode(&pixels)?);
         pre_s += (t1 - t0).as_secs_f64();
         enc_s += t1.elapsed().as_secs_f64();
         progress(i + 1, ids.len());

@@ -245,7 +245,7 @@ fn reference(
 fn bundle_outputs(engine: &Engine, r: &Reference) -> Result<(Vec<f32>, Vec<String>), ExportError> {
     let mut features = Vec::with_capacity(r.features.len());
     for p in &r.pixels {
-        features.extend(engine.encode(p, 1)?);
+        features.extend(engine.encode(p)?);
     }
     let captions = engine
         .decode(&features, 1)?
