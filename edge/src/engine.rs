@@ -318,9 +318,20 @@ impl Engine {
         path: &Path,
         beam: usize,
     ) -> Result<(Caption, StageTimes), EngineError> {
+        self.caption_file_with_features(path, beam)
+            .map(|(caption, times, _)| (caption, times))
+    }
+
+    /// [`Engine::caption_file`], also returning the image's feature vector (for comparing
+    /// builds, e.g. aarch64 against x86-64).
+    pub fn caption_file_with_features(
+        &self,
+        path: &Path,
+        beam: usize,
+    ) -> Result<(Caption, StageTimes, Vec<f32>), EngineError> {
         let t0 = Instant::now();
         let pixels = self.preprocessing().from_file(path)?;
-        self.caption_pixels(&pixels, beam, t0.elapsed())
+        self.caption_pixels_with_features(&pixels, beam, t0.elapsed())
     }
 
     /// Caption one preprocessed image `[3, S, S]`; `preprocess` is the time already spent.
@@ -330,6 +341,16 @@ impl Engine {
         beam: usize,
         preprocess: Duration,
     ) -> Result<(Caption, StageTimes), EngineError> {
+        self.caption_pixels_with_features(pixels, beam, preprocess)
+            .map(|(caption, times, _)| (caption, times))
+    }
+
+    fn caption_pixels_with_features(
+        &self,
+        pixels: &[f32],
+        beam: usize,
+        preprocess: Duration,
+    ) -> Result<(Caption, StageTimes, Vec<f32>), EngineError> {
         let t1 = Instant::now();
         let features = self.encode(pixels)?;
         let t2 = Instant::now();
@@ -342,7 +363,7 @@ impl Engine {
             encoder: t2 - t1,
             decoder: t2.elapsed(),
         };
-        Ok((caption, times))
+        Ok((caption, times, features))
     }
 }
 

@@ -13,8 +13,13 @@ pub mod source;
 pub use engine::{Caption, Engine, EngineError, StageTimes};
 
 /// The bundle `captiond` uses when none is given: the committed default model, relative
-/// to the working directory (the repository root, or `/usr/share/captiond` when packaged).
-pub const DEFAULT_BUNDLE: &str = "models/flickr8k-lite0-int8";
+/// to the working directory (the repository root). A packaged build sets
+/// `CAPTIOND_DEFAULT_BUNDLE` at compile time to where the package installs it
+/// (`/usr/share/captiond/models/flickr8k-lite0-int8`, scripts/package-deb.sh).
+pub const DEFAULT_BUNDLE: &str = match option_env!("CAPTIOND_DEFAULT_BUNDLE") {
+    Some(path) => path,
+    None => "models/flickr8k-lite0-int8",
+};
 
 /// The version string `captiond --version` prints.
 pub fn version() -> &'static str {

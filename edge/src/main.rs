@@ -45,6 +45,10 @@ enum Command {
         /// One JSON object per image, with the score and per-stage timings.
         #[arg(long)]
         json: bool,
+        /// With --json: also the image's feature vector (`features`), e.g. to compare
+        /// the aarch64 build with the x86-64 one.
+        #[arg(long, requires = "json")]
+        features: bool,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -122,17 +126,16 @@ fn main() -> Result<()> {
             bundle,
             beam,
             json,
+            features,
             images,
         } => {
             let engine = Engine::load(&bundle)?;
             let mut failed = 0;
             for path in &images {
-                match engine.caption_file(path, beam as usize) {
-                    Ok((caption, times)) => {
+                match engine.caption_file_with_features(path, beam as usize) {
+                    Ok((caption, times, vector)) => {
                         if json {
-                            println!(
-                                "{}",
-                                serde_json::json!({
+                            let mut line = serde_json::json!({
                                     "image": path.display().to_string(),
                                     "caption": caption.text,
                                     "score": caption.hypothesis.mean_log_prob(),
@@ -142,8 +145,11 @@ fn main() -> Result<()> {
                                         "encoder": times.encoder.as_secs_f64() * 1e3,
                                         "decoder": times.decoder.as_secs_f64() * 1e3,
                                     }
-                                })
-                            );
+                            });
+                            if features {
+                                line["features"] = serde_json::json!(vector);
+                            }
+                            println!("{line}");
                         } else {
                             println!("{}\t{}", path.display(), caption.text);
                         }

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# ARM cost proxy without a Pi: guest instructions executed by the aarch64 build of a
+# bundle's encoder under qemu-user, as a Cortex-A72 (Pi 4) and a Cortex-A76 (Pi 5).
+# Deterministic (same binary, bundle and image give the same count), unlike emulated time.
+#
+#   scripts/arm-insn-count.sh [image] <bundle dir>...
+#
+# For each bundle and CPU model it runs `encode_repeat` (edge/examples) with N = 1 and
+# N = 2 encoder runs and reports the difference: the instructions of one encoder run,
+# free of start-up, bundle loading and JPEG decoding. The counter is QEMU's own insn
+# plugin (tests/plugin/insn.c of the Debian qemu 7.2 source, built here against the
+# installed qemu-user, inline counting). tract picks its kernels at run time from the
+# CPU's features, so the two models may run different code.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+image=examples/images/3537201804_ce07aff237.jpg
+if [[ $# -gt 0 && -f $1 ]]; then image=$1; shift; fi
+(($#)) || { echo "usage: $0 [image] <bundle dir>..." >&2; exit 2; }
+
+SUDO=""
+[[ $(id -u) == 0 ]] || SUDO=sudo
+cache="${CAPTION_CACHE:-$HOME/.cache/caption}/qemu-insn-plugin"
+plugin="$cache/libinsn.so"
+if [[ ! -f $plugin ]]; then
+  pkgs=()
+  command -v pkg-config >/dev/null && pkg-config --exists glib-2.0 || pkgs+=(libglib2.0-dev pkg-config)
+  if ((${#pkgs[@]})); then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}"
+  fi
+  # The plugin must match the installed qemu-user's plugin API: take it from that
+  # version's Debian source.
+  version=$(dpkg-query -W -f '${Version}' qemu-user)
+  if ! apt-cache showsrc qemu >/dev/null 2>&1 || [[ -z $(apt-cache showsrc qemu 2>/dev/null) ]]; then
+    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
+      $SUDO tee /etc/apt/sources.list.d/caption-deb-src.sources >/dev/null
+    $SUDO apt-get update -qq
+  fi
+  mkdir -p "$cache"
+  (cd "$cache" && apt-get source --download-only "qemu=${version%+b*}" >/dev/null)
+  orig=$(ls "$cache"/qemu_*.orig.tar.xz | head -1)
+  top=$(tar tJf "$orig" | head -1 | cut -d/ -f1)
+  tar xJf "$orig" -C "$cache" "$top/tests/plugin/insn.c" "$top/include/qemu/qemu-plugin.h"
+  gcc -O2 -shared -fPIC -o "$plugin" "$cache/$top/tests/plugin/insn.c" \
+    -I"$cache/$top/include/qemu" $(pkg-config --cflags glib-2.0)
+fi
+
+scripts/build-aarch64.sh --example encode_repeat >/dev/null
+runner="${CARGO_TARGET_DIR_AARCH64:-$PWD/target-aarch64}/aarch64-unknown-linux-gnu/release/examples/encode_repeat"
+
+# qemu-user 7.2 shows the guest the host's /proc/cpuinfo, where tract looks for the CPU
+# part to pick its arm64 kernels: pass the boards' part numbers through tract's override.
+declare -A part=([cortex-a72]=0xd08 [cortex-a76]=0xd0b)
+
+count() { # cpu bundle n -> guest instructions
+  local log
+  log=$(mktemp)
+  TRACT_CPU_AARCH64_OVERRIDE_CPU_PART=${part[$1]} qemu-aarch64 -cpu "$1" -L /usr/aarch64-linux-gnu -plugin "$plugin,inline=on" -d plugin -D "$log" \
+    "$runner" "$2" "$image" "$3" >/dev/null
+  grep -o 'insns: [0-9]*' "$log" | awk '{print $2}'
+  rm -f "$log"
+}
+
+echo "image $image; guest instructions of one encoder run (N=2 minus N=1)"
+printf '%-40s %-11s %16s\n' bundle cpu instructions
+for bundle in "$@"; do
+  for cpu in cortex-a72 cortex-a76; do
+    one=$(count "$cpu" "$bundle" 1)
+    two=$(count "$cpu" "$bundle" 2)
+    per=$((two - one))
+    printf '%-40s %-11s %16d\n' "$(basename "$bundle")" "$cpu" "$per"
+    echo "{\"bundle\":\"$bundle\",\"cpu\":\"$cpu\",\"n1\":$one,\"n2\":$two,\"encoder_insns\":$per}"
+  done
+done

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The Raspberry Pi checks (part of scripts/test.sh, so of CI):
+#  1. cross-build captiond for aarch64 (scripts/build-aarch64.sh);
+#  2. caption the example images with the default bundle under qemu-user as a Cortex-A72
+#     (Pi 4) and a Cortex-A76 (Pi 5) and compare captions and features with the x86-64
+#     build (tests/tests/aarch64.rs);
+#  3. build the arm64 .deb (scripts/package-deb.sh) and check its contents and its
+#     systemd unit (`systemd-analyze verify`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$SECONDS
+
+arm_bin=$(scripts/build-aarch64.sh | tail -1)
+echo "check-aarch64: cross-build done at $((SECONDS - started)) s" >&2
+
+cargo build -p caption-edge --bin captiond
+CAPTIOND_HOST="$PWD/target/debug/captiond" CAPTIOND_AARCH64="$arm_bin" \
+  cargo test -p caption-tests --test aarch64 -- --ignored --nocapture
+echo "check-aarch64: qemu comparison done at $((SECONDS - started)) s" >&2
+
+deb=$(scripts/package-deb.sh | tail -1)
+dpkg-deb --info "$deb"
+contents=$(dpkg-deb --contents "$deb")
+echo "$contents"
+for path in ./usr/bin/captiond ./usr/lib/systemd/system/captiond.service \
+  ./etc/captiond/captiond.toml ./usr/lib/sysusers.d/captiond.conf \
+  ./usr/share/captiond/models/flickr8k-lite0-int8/{manifest.toml,vocab.json,encoder.onnx,decoder.onnx}; do
+  grep -q " $path\$" <<<"$contents" || { echo "check-aarch64: $deb lacks $path" >&2; exit 1; }
+done
+[[ $(dpkg-deb --field "$deb" Architecture) == arm64 ]] || { echo "check-aarch64: not arm64" >&2; exit 1; }
+
+# The unit as installed: unpack the package into a root and verify it there, so that
+# ExecStart's binary and the sysusers entry are the packaged ones.
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+dpkg-deb --extract "$deb" "$root"
+command -v systemd-analyze >/dev/null || {
+  SUDO=""; [[ $(id -u) == 0 ]] || SUDO=sudo
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq systemd
+}
+# systemd-analyze resolves the unit's dependencies (sysinit.target, ...) inside --root:
+# give it the host's units beside the packaged one (never replacing it).
+cp -rn /usr/lib/systemd/system/. "$root/usr/lib/systemd/system/"
+# verify exits 0 on an unknown key (it only warns): any output fails the check.
+if ! report=$(systemd-analyze verify --root="$root" captiond.service 2>&1) || [[ -n $report ]]; then
+  echo "check-aarch64: systemd-analyze verify captiond.service: $report" >&2
+  exit 1
+fi
+systemd-analyze security --offline=true --root="$root" captiond.service | tail -1
+# The packaged config parses, and its bundle is the packaged one.
+qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/captiond" check-config "$root/etc/captiond/captiond.toml" >/dev/null
+echo "check-aarch64: all checks passed in $((SECONDS - started)) s" >&2
