@@ -37,11 +37,11 @@ if [[ ! -f $plugin ]]; then
   fi
   mkdir -p "$cache"
   (cd "$cache" && apt-get source --download-only "qemu=${version%+b*}" >/dev/null)
-  orig=$(ls "$cache"/qemu_*.orig.tar.xz | head -1)
-  top=$(tar tJf "$orig" | head -1 | cut -d/ -f1)
-  tar xJf "$orig" -C "$cache" "$top/tests/plugin/insn.c" "$top/include/qemu/qemu-plugin.h"
-  gcc -O2 -shared -fPIC -o "$plugin" "$cache/$top/tests/plugin/insn.c" \
-    -I"$cache/$top/include/qemu" $(pkg-config --cflags glib-2.0)
+  origs=("$cache"/qemu_*.orig.tar.xz)
+  tar xJf "${origs[0]}" -C "$cache" --wildcards '*/tests/plugin/insn.c' '*/include/qemu/qemu-plugin.h'
+  src=("$cache"/qemu-*/tests/plugin/insn.c)
+  gcc -O2 -shared -fPIC -o "$plugin" "${src[0]}" \
+    -I"${src[0]%/tests/plugin/insn.c}/include/qemu" $(pkg-config --cflags glib-2.0)
 fi
 
 scripts/build-aarch64.sh --example encode_repeat >/dev/null

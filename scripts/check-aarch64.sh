@@ -3,7 +3,7 @@
 #  1. cross-build captiond for aarch64 (scripts/build-aarch64.sh);
 #  2. caption the example images with the default bundle under qemu-user as a Cortex-A72
 #     (Pi 4) and a Cortex-A76 (Pi 5) and compare captions and features with the x86-64
-#     build (tests/tests/aarch64.rs);
+#     build (edge/tests/aarch64.rs);
 #  3. build the arm64 .deb (scripts/package-deb.sh) and check its contents and its
 #     systemd unit (`systemd-analyze verify`).
 set -euo pipefail
@@ -13,9 +13,7 @@ started=$SECONDS
 arm_bin=$(scripts/build-aarch64.sh | tail -1)
 echo "check-aarch64: cross-build done at $((SECONDS - started)) s" >&2
 
-cargo build -p caption-edge --bin captiond
-CAPTIOND_HOST="$PWD/target/debug/captiond" CAPTIOND_AARCH64="$arm_bin" \
-  cargo test -p caption-tests --test aarch64 -- --ignored --nocapture
+CAPTIOND_AARCH64="$arm_bin" cargo test -p caption-edge --test aarch64 -- --ignored --nocapture
 echo "check-aarch64: qemu comparison done at $((SECONDS - started)) s" >&2
 
 deb=$(scripts/package-deb.sh | tail -1)

@@ -1,14 +1,76 @@
-//! The `captiond` binary starts and reports its version.
+//! `captiond caption`: one-shot captions, as text or JSON lines with the feature vector.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use caption_edge::Engine;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn captiond() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_captiond"))
+}
+
 #[test]
-fn version_is_printed() {
-    let out = Command::new(env!("CARGO_BIN_EXE_captiond"))
-        .arg("--version")
+fn caption_json_with_features_matches_the_engine() {
+    let bundle = workspace().join("models/flickr8k-lite0-int8");
+    let images = [
+        workspace().join("examples/images/3537201804_ce07aff237.jpg"),
+        workspace().join("examples/images/69710415_5c2bfb1058.jpg"),
+    ];
+    let out = captiond()
+        .args(["caption", "--json", "--features", "--bundle"])
+        .arg(&bundle)
+        .args(&images)
         .output()
-        .expect("captiond starts");
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("captiond "), "{text}");
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let engine = Engine::load(&bundle).unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), images.len());
+    for (line, image) in lines.iter().zip(&images) {
+        let (caption, _) = engine.caption_file(image, 1).unwrap();
+        assert_eq!(line["caption"], caption.text.as_str());
+        assert_eq!(line["model_id"], "flickr8k-lite0-int8");
+        let pixels = engine.preprocessing().from_file(image).unwrap();
+        let expected = engine.encode(&pixels).unwrap();
+        let got: Vec<f32> = line["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got.len(), engine.feature_dim());
+        assert_eq!(got, expected, "features of {}", image.display());
+    }
+
+    // Plain lines carry no features; --features alone is refused.
+    let plain = captiond()
+        .args(["caption", "--bundle"])
+        .arg(&bundle)
+        .arg(&images[0])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(plain.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("{}\t", images[0].display())),
+        "{text}"
+    );
+    let refused = captiond()
+        .args(["caption", "--features"])
+        .arg(&images[0])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--json"));
 }

@@ -3,14 +3,17 @@
 //!
 //! Needs the cross-built binary, so it is ignored in a plain `cargo test`;
 //! `scripts/check-aarch64.sh` builds it and runs this test with
-//! `CAPTIOND_AARCH64=<aarch64 captiond>` and `CAPTIOND_HOST=<x86-64 captiond>`.
+//! `CAPTIOND_AARCH64=<aarch64 captiond>`; the x86-64 side is this crate's own `captiond`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use caption_tests::workspace_root;
 use serde_json::Value;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 /// Tolerance for the features: f32 sums may run in another order in tract's NEON kernels
 /// than in its AVX2/FMA ones. Measured with tract 0.22.5 and the default int8 bundle: the
@@ -113,7 +116,7 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 #[ignore = "needs the aarch64 build: scripts/check-aarch64.sh"]
 fn aarch64_under_qemu_captions_like_x86() {
-    let host = env_path("CAPTIOND_HOST");
+    let host = PathBuf::from(env!("CARGO_BIN_EXE_captiond"));
     let arm = env_path("CAPTIOND_AARCH64");
     let images = example_images();
     let reference = caption(None, &host, &images);
