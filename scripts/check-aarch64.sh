@@ -45,6 +45,15 @@ if ! report=$(systemd-analyze verify --root="$root" captiond.service 2>&1) || [[
   exit 1
 fi
 systemd-analyze security --offline=true --root="$root" captiond.service | tail -1
+# The postinst's user creation, replayed inside the root: the packaged sysusers entry makes
+# a `captiond` system user that is a member of `video`.
+grep -q '^ *systemd-sysusers .*captiond\.conf$' <(dpkg-deb --info "$deb" postinst) ||
+  { echo "check-aarch64: postinst does not create the user from captiond.conf" >&2; exit 1; }
+mkdir -p "$root/etc"
+systemd-sysusers --root="$root" captiond.conf
+grep -q '^captiond:x:[0-9]*:[0-9]*:.*:/var/lib/captiond:' "$root/etc/passwd" &&
+  grep -Eq '^video:x:[0-9]+:(.*,)?captiond(,|$)' "$root/etc/group" ||
+  { echo "check-aarch64: sysusers did not make captiond (in video)" >&2; exit 1; }
 # The packaged config parses, and its bundle is the packaged one.
 qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/captiond" check-config "$root/etc/captiond/captiond.toml" >/dev/null
 echo "check-aarch64: all checks passed in $((SECONDS - started)) s" >&2
