@@ -31,7 +31,7 @@ if [[ ! -f $plugin ]]; then
   # The plugin must match the installed qemu-user's plugin API: take it from that
   # version's Debian source.
   version=$(dpkg-query -W -f '${Version}' qemu-user)
-  if ! apt-cache showsrc qemu >/dev/null 2>&1 || [[ -z $(apt-cache showsrc qemu 2>/dev/null) ]]; then
+  if [[ -z $(apt-cache showsrc qemu 2>/dev/null) ]]; then
     printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
       $SUDO tee /etc/apt/sources.list.d/caption-deb-src.sources >/dev/null
     $SUDO apt-get update -qq

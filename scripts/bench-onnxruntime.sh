@@ -16,7 +16,7 @@ if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import onnxruntime' 2
   "$venv/bin/pip" install --quiet onnxruntime==1.23.2 numpy
 fi
 "$venv/bin/python" - "$@" <<'EOF'
-import json, os, statistics, sys, time
+import json, os, statistics, sys, time, tomllib
 import numpy as np
 import onnxruntime as ort
 
@@ -24,12 +24,8 @@ runs = int(os.environ.get("RUNS", "10"))
 print(f"onnxruntime {ort.__version__}, {os.cpu_count()} CPUs, {runs} runs per row")
 print(f"{'bundle':<40} {'threads':>7} {'median ms':>10} {'min ms':>9}")
 for bundle in sys.argv[1:]:
-    manifest = open(os.path.join(bundle, "manifest.toml")).read()
-    size = 224
-    for line in manifest.splitlines():
-        if line.strip().startswith("size"):
-            size = int(line.split("=")[1])
-            break
+    with open(os.path.join(bundle, "manifest.toml"), "rb") as f:
+        size = tomllib.load(f)["encoder"]["preprocessing"]["size"]
     x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
     for threads in (1, 0):
         so = ort.SessionOptions()

@@ -51,8 +51,6 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 # bindgen parses the V4L2 headers as aarch64 sees them.
 export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu -I/usr/aarch64-linux-gnu/include"
-# `cargo test --target` of this crate runs under qemu.
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 
 "$RUSTC" --version >&2
 cargo build --locked --release --target "$TARGET" -p caption-edge --bin captiond "$@"

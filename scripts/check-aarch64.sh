@@ -54,6 +54,11 @@ systemd-sysusers --root="$root" captiond.conf
 grep -q '^captiond:x:[0-9]*:[0-9]*:.*:/var/lib/captiond:' "$root/etc/passwd" &&
   grep -Eq '^video:x:[0-9]+:(.*,)?captiond(,|$)' "$root/etc/group" ||
   { echo "check-aarch64: sysusers did not make captiond (in video)" >&2; exit 1; }
-# The packaged config parses, and its bundle is the packaged one.
-qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/captiond" check-config "$root/etc/captiond/captiond.toml" >/dev/null
+# The packaged config parses, names the packaged bundle, and the packaged binary loads
+# that bundle (checksums included) and captions an image with it.
+arm=(qemu-aarch64 -L /usr/aarch64-linux-gnu "$root/usr/bin/captiond")
+bundle=$("${arm[@]}" check-config "$root/etc/captiond/captiond.toml" | sed -n 's/^bundle = "\(.*\)"$/\1/p')
+[[ $bundle == /usr/share/captiond/models/flickr8k-lite0-int8 && -f $root$bundle/manifest.toml ]] ||
+  { echo "check-aarch64: the packaged config's bundle '$bundle' is not in the package" >&2; exit 1; }
+"${arm[@]}" caption --bundle "$root$bundle" examples/images/69710415_5c2bfb1058.jpg
 echo "check-aarch64: all checks passed in $((SECONDS - started)) s" >&2

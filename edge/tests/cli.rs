@@ -1,4 +1,5 @@
-//! `captiond caption`: one-shot captions, as text or JSON lines with the feature vector.
+//! The `captiond` binary: its version, and `captiond caption` (one-shot captions, as text
+//! or JSON lines with the feature vector).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +12,17 @@ fn workspace() -> PathBuf {
 
 fn captiond() -> Command {
     Command::new(env!("CARGO_BIN_EXE_captiond"))
+}
+
+#[test]
+fn version_is_printed() {
+    let out = captiond()
+        .arg("--version")
+        .output()
+        .expect("captiond starts");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("captiond "), "{text}");
 }
 
 #[test]
