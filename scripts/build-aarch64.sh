@@ -7,7 +7,8 @@
 # 2026-11) with its arm64 std
 # (libstd-rust-web-dev:arm64, multiarch), gcc-aarch64-linux-gnu as linker and C compiler
 # (ring, from rustls), and the arm64 libc headers for bindgen (nokhwa's V4L2 bindings).
-# A separate target dir keeps rustup's host build cache untouched.
+# A separate target dir keeps rustup's host build cache untouched (CARGO_TARGET_DIR_AARCH64
+# moves it; scripts/test.sh keeps it in ~/.cache/caption/target-aarch64).
 #
 #   scripts/build-aarch64.sh            # -> target-aarch64/aarch64-unknown-linux-gnu/release/captiond
 #   scripts/build-aarch64.sh --no-default-features   # without the V4L2 camera source
@@ -23,27 +24,13 @@ cd "$(dirname "$0")/.."
 TARGET=aarch64-unknown-linux-gnu
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_AARCH64:-$PWD/target-aarch64}"
 
-need=()
-command -v /usr/bin/rustc >/dev/null || need+=(rustc-web)
-[[ -d /usr/lib/rustlib/$TARGET/lib ]] || need+=(libstd-rust-web-dev:arm64)
-command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
-[[ -f /usr/aarch64-linux-gnu/include/stdio.h ]] || need+=(libc6-dev-arm64-cross)
-[[ -f /usr/aarch64-linux-gnu/include/linux/videodev2.h ]] || need+=(linux-libc-dev-arm64-cross)
-command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
-ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need+=(libclang-dev)
-if ((${#need[@]})); then
-  echo "build-aarch64: installing ${need[*]}" >&2
-  SUDO=""
-  [[ $(id -u) == 0 ]] || SUDO=sudo
-  if [[ " ${need[*]} " == *":arm64"* ]] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
-    $SUDO dpkg --add-architecture arm64
-  fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
-fi
+scripts/ensure-system-deps.sh --pi
 
 # Debian's rustc for this build only (host build scripts and the aarch64 crates alike).
 export RUSTC=/usr/bin/rustc
+# scripts/test.sh lints the x86 build through rustup's clippy-driver; it cannot drive
+# Debian's compiler.
+unset RUSTC_WORKSPACE_WRAPPER
 # The binary's default bundle is where the .deb installs it (scripts/package-deb.sh).
 export CAPTIOND_DEFAULT_BUNDLE=/usr/share/captiond/models/flickr8k-lite0-int8
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc

@@ -13,7 +13,9 @@ started=$SECONDS
 arm_bin=$(scripts/build-aarch64.sh | tail -1)
 echo "check-aarch64: cross-build done at $((SECONDS - started)) s" >&2
 
-CAPTIOND_AARCH64="$arm_bin" cargo test -p caption-edge --test aarch64 -- --ignored --nocapture
+# --workspace, not -p caption-edge: the same feature set as the workspace test build, so
+# the x86 captiond it compares with is that build's, not a second build of its dependencies.
+CAPTIOND_AARCH64="$arm_bin" cargo test --workspace --test aarch64 -- --ignored --nocapture
 echo "check-aarch64: qemu comparison done at $((SECONDS - started)) s" >&2
 
 deb=$(scripts/package-deb.sh | tail -1)

@@ -9,11 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CARGO_DEB_VERSION=3.8.0
-if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
-  echo "package-deb: installing cargo-deb $CARGO_DEB_VERSION" >&2
-  cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
-fi
+scripts/install-cargo-deb.sh >/dev/null
+CACHE="${CAPTION_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/caption}"
+export PATH="$CACHE/tools/bin:$PATH"
 
 scripts/build-aarch64.sh >&2
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_AARCH64:-$PWD/target-aarch64}"
