@@ -55,6 +55,16 @@ stage() {
 
 stage system-packages scripts/ensure-system-deps.sh --pi
 
+# Cargo judges our crates fresh by comparing source mtimes with its outputs. The cache is
+# shared by every checkout on the machine, so sources last changed before another
+# checkout's build would look built already: when the cache was last used from another
+# checkout, mark this one's files as changed (a fresh clone's are anyway).
+mkdir -p "$CACHE"
+if [[ "$(cat "$CACHE/last-checkout" 2>/dev/null)" != "$REPO" ]]; then
+  git ls-files -z | xargs -0 touch --no-create
+fi
+echo "$REPO" >"$CACHE/last-checkout"
+
 # The pi lane: the aarch64 release build of captiond and cargo-deb, beside the x86 lane.
 # Its output goes to a log, shown when it fails; its timings join the summary.
 pi_lane() {
