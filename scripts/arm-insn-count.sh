@@ -6,8 +6,9 @@
 #
 #   scripts/arm-insn-count.sh [image] <bundle dir>...
 #
-# For each bundle and CPU model it runs `encode_repeat` (edge/examples) with N = 1 and
-# N = 2 encoder runs and reports the difference: the instructions of one encoder run,
+# For each bundle, CPU model and precision (PRECISIONS, default "int8 f32") it runs
+# `encode_repeat` (runtime/examples) with N = 1 and N = 2 encoder runs and reports the
+# difference: the instructions of one encoder run,
 # free of start-up, bundle loading and JPEG decoding. The counter is QEMU's own insn
 # plugin (tests/plugin/insn.c of the Debian qemu 7.2 source, built here against the
 # installed qemu-user, inline counting). tract picks its kernels at run time from the
@@ -45,30 +46,37 @@ if [[ ! -f $plugin ]]; then
     -I"${src[0]%/tests/plugin/insn.c}/include/qemu" $(pkg-config --cflags glib-2.0)
 fi
 
-scripts/build-aarch64.sh --example encode_repeat >/dev/null
+scripts/build-aarch64.sh --package-args -p caption-runtime --example encode_repeat >/dev/null
 runner="${CARGO_TARGET_DIR_AARCH64:-$PWD/target-aarch64}/aarch64-unknown-linux-gnu/release/examples/encode_repeat"
 
 # qemu-user 7.2 shows the guest the host's /proc/cpuinfo, where tract looks for the CPU
 # part to pick its arm64 kernels: pass the boards' part numbers through tract's override.
 declare -A part=([cortex-a72]=0xd08 [cortex-a76]=0xd0b)
 
-count() { # cpu bundle n -> guest instructions
+count() { # cpu bundle n precision -> guest instructions
   local log
   log=$(mktemp)
   TRACT_CPU_AARCH64_OVERRIDE_CPU_PART=${part[$1]} qemu-aarch64 -cpu "$1" -L /usr/aarch64-linux-gnu -plugin "$plugin,inline=on" -d plugin -D "$log" \
-    "$runner" "$2" "$image" "$3" >/dev/null
+    "$runner" "$2" "$image" "$3" "$4" >/dev/null
   grep -o 'insns: [0-9]*' "$log" | awk '{print $2}'
   rm -f "$log"
 }
+auto_choice() { # cpu bundle -> what `auto` runs there, and why
+  TRACT_CPU_AARCH64_OVERRIDE_CPU_PART=${part[$1]} qemu-aarch64 -cpu "$1" -L /usr/aarch64-linux-gnu \
+    "$runner" "$2" "$image" 0 auto | sed -n 's/^precision //p'
+}
 
 echo "image $image; guest instructions of one encoder run (N=2 minus N=1)"
-printf '%-40s %-11s %16s\n' bundle cpu instructions
+printf '%-32s %-11s %-9s %16s\n' bundle cpu precision instructions
 for bundle in "$@"; do
   for cpu in cortex-a72 cortex-a76; do
-    one=$(count "$cpu" "$bundle" 1)
-    two=$(count "$cpu" "$bundle" 2)
-    per=$((two - one))
-    printf '%-40s %-11s %16d\n' "$(basename "$bundle")" "$cpu" "$per"
-    echo "{\"bundle\":\"$bundle\",\"cpu\":\"$cpu\",\"n1\":$one,\"n2\":$two,\"encoder_insns\":$per}"
+    echo "$(basename "$bundle") on $cpu: auto runs $(auto_choice "$cpu" "$bundle")"
+    for precision in ${PRECISIONS:-int8 f32}; do
+      one=$(count "$cpu" "$bundle" 1 "$precision")
+      two=$(count "$cpu" "$bundle" 2 "$precision")
+      per=$((two - one))
+      printf '%-32s %-11s %-9s %16d\n' "$(basename "$bundle")" "$cpu" "$precision" "$per"
+      echo "{\"bundle\":\"$bundle\",\"cpu\":\"$cpu\",\"precision\":\"$precision\",\"n1\":$one,\"n2\":$two,\"encoder_insns\":$per}"
+    done
   done
 done

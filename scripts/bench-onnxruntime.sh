@@ -3,12 +3,13 @@
 # (`captiond bench`). A measurement aid only: onnxruntime is never part of the product.
 # It lives in a scratch venv (~/.cache/caption/ort-venv, `CAPTION_CACHE` moves it).
 #
-#   scripts/bench-onnxruntime.sh <bundle dir>...
+#   scripts/bench-onnxruntime.sh <bundle dir | encoder .onnx file>...
 #
-# For each bundle: median / min encoder latency over `RUNS` (default 10) single-image runs
-# after 2 warm-up runs, with 1 intra-op thread (as tract runs) and with the default
-# thread count. The input is one preprocessed-size image of uniform noise: latency does
-# not depend on the pixel values.
+# For each bundle's encoder.onnx (or ONNX file): median / min encoder latency over `RUNS`
+# (default 10) single-image runs after 2 warm-up runs, with 1 intra-op thread and with the
+# default thread count (`THREADS="1"` keeps only the first). The input is one
+# preprocessed-size image of uniform noise: latency does not depend on the pixel values.
+# scripts/bench-encoders.sh runs this interleaved with `captiond bench` on the same graphs.
 set -euo pipefail
 venv="${CAPTION_CACHE:-$HOME/.cache/caption}/ort-venv"
 if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import onnxruntime' 2>/dev/null; then
@@ -16,24 +17,24 @@ if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import onnxruntime' 2
   "$venv/bin/pip" install --quiet onnxruntime==1.23.2 numpy
 fi
 "$venv/bin/python" - "$@" <<'EOF'
-import json, os, statistics, sys, time, tomllib
+import json, os, statistics, sys, time
 import numpy as np
 import onnxruntime as ort
 
 runs = int(os.environ.get("RUNS", "10"))
 print(f"onnxruntime {ort.__version__}, {os.cpu_count()} CPUs, {runs} runs per row")
 print(f"{'bundle':<40} {'threads':>7} {'median ms':>10} {'min ms':>9}")
+thread_counts = [int(t) for t in os.environ.get("THREADS", "1 0").split()]
 for bundle in sys.argv[1:]:
-    with open(os.path.join(bundle, "manifest.toml"), "rb") as f:
-        size = tomllib.load(f)["encoder"]["preprocessing"]["size"]
-    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    for threads in (1, 0):
+    graph = bundle if bundle.endswith(".onnx") else os.path.join(bundle, "encoder.onnx")
+    for threads in thread_counts:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        s = ort.InferenceSession(os.path.join(bundle, "encoder.onnx"), so,
-                                 providers=["CPUExecutionProvider"])
+        s = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
         name = s.get_inputs()[0].name
+        size = s.get_inputs()[0].shape[-1]
+        x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
         for _ in range(2):
             s.run(None, {name: x})
         times = []

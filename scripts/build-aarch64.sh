@@ -3,7 +3,7 @@
 # Debian bookworm x86-64 machine, installing what it needs the first time.
 #
 # Route: rustup's toolchain here has no aarch64 standard library, so this build alone uses
-# Debian's rustc-web (>= 1.85, the workspace's rust-version; 1.96 in bookworm as of
+# Debian's rustc-web (>= 1.91, the workspace's rust-version for tract 0.23; 1.96 in bookworm as of
 # 2026-11) with its arm64 std
 # (libstd-rust-web-dev:arm64, multiarch), gcc-aarch64-linux-gnu as linker and C compiler
 # (ring, from rustls), and the arm64 libc headers for bindgen (nokhwa's V4L2 bindings).
@@ -14,7 +14,7 @@
 #   scripts/build-aarch64.sh --no-default-features   # without the V4L2 camera source
 #
 # The binary's default bundle (`captiond caption` without --bundle) is the packaged one,
-# /usr/share/captiond/models/flickr8k-lite0-int8.
+# /usr/share/captiond/models/flickr8k-lite0-f16.
 #
 # The binary needs glibc >= 2.34 (Raspberry Pi OS bookworm or later); the script prints the
 # highest GLIBC_ symbol version the binary references.
@@ -32,7 +32,7 @@ export RUSTC=/usr/bin/rustc
 # Debian's compiler.
 unset RUSTC_WORKSPACE_WRAPPER
 # The binary's default bundle is where the .deb installs it (scripts/package-deb.sh).
-export CAPTIOND_DEFAULT_BUNDLE=/usr/share/captiond/models/flickr8k-lite0-int8
+export CAPTIOND_DEFAULT_BUNDLE=/usr/share/captiond/models/flickr8k-lite0-f16
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
@@ -40,6 +40,13 @@ export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu -I/usr/aarch64-linux-gnu/include"
 
 "$RUSTC" --version >&2
+if [[ "${1:-}" == --package-args ]]; then
+  # Another target than captiond, e.g. `--package-args -p caption-runtime --example
+  # encode_repeat` (scripts/arm-insn-count.sh).
+  shift
+  cargo build --locked --release --target "$TARGET" "$@"
+  exit 0
+fi
 cargo build --locked --release --target "$TARGET" -p caption-edge --bin captiond "$@"
 
 BIN="$CARGO_TARGET_DIR/$TARGET/release/captiond"

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use caption_runtime::{EngineOptions, Precision};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,23 @@ pub struct ModelConfig {
     pub bundle: PathBuf,
     /// Beam width (1 = greedy).
     pub beam: usize,
+    /// The encoder's precision: `auto` (the fastest verified one for this CPU), `int8`
+    /// or `f32` (the bundle's int8 weights dequantised at load).
+    pub precision: Precision,
+    /// Threads for the model's matrix kernels; not set: 1 (see the README, "Precision and
+    /// threads": the multi-threaded pool did not start under qemu-user and has not been
+    /// measured on a Pi yet).
+    pub threads: Option<usize>,
+}
+
+impl ModelConfig {
+    /// The engine options this section asks for.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            precision: self.precision,
+            threads: self.threads.unwrap_or(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +205,8 @@ impl Default for ModelConfig {
         ModelConfig {
             bundle: PathBuf::from(crate::DEFAULT_BUNDLE),
             beam: 1,
+            precision: Precision::Auto,
+            threads: None,
         }
     }
 }
@@ -311,6 +331,12 @@ impl Config {
         if self.model.beam == 0 || self.model.beam > 20 {
             return Err(err("model.beam", "expected 1 to 20".into()));
         }
+        if self.model.threads == Some(0) {
+            return Err(err(
+                "model.threads",
+                "expected at least 1 (leave it out for 1)".into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.source.skip_similar) {
             return Err(err(
                 "source.skip_similar",
@@ -409,5 +435,28 @@ mod tests {
         assert!(m.contains("mqtt.tls.ca_file"), "{m}");
         let m = msg("log_level = \"caption=notalevel\"\n");
         assert!(m.contains("log_level"), "{m}");
+        let m = msg("[model]\nprecision = \"fp8\"\n");
+        assert!(m.contains("fp8") && m.contains("f32"), "{m}");
+        let m = msg("[model]\nthreads = 0\n");
+        assert!(
+            m.contains("model.threads") && m.contains("at least 1"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn model_threads_default_to_one() {
+        let p = Path::new("c.toml");
+        let c = Config::parse("[model]\nprecision = \"int8\"\nthreads = 2\n", p).unwrap();
+        assert_eq!(
+            c.model.engine_options(),
+            EngineOptions {
+                precision: Precision::Int8,
+                threads: 2
+            }
+        );
+        let d = Config::parse("", p).unwrap().model.engine_options();
+        assert_eq!(d.precision, Precision::Auto);
+        assert_eq!(d.threads, 1);
     }
 }

@@ -10,9 +10,9 @@ use caption_proto::mqtt::{CaptionEvent, StageLatency, Stats};
 use caption_proto::preprocess::decode_rgb;
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineError};
 use crate::publish::{Message, PublishError, Publisher};
 use crate::source::{self, FrameImage, Next, SourceError};
+use caption_runtime::{Engine, EngineError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -64,15 +64,20 @@ struct Counts {
 /// Run the daemon until the source ends or `shutdown` is set.
 pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let bundle = &config.model.bundle;
-    let engine = Engine::load(bundle).map_err(|source| DaemonError::Engine {
-        bundle: bundle.clone(),
-        source: Box::new(source),
+    let engine = Engine::load_with(bundle, &config.model.engine_options()).map_err(|source| {
+        DaemonError::Engine {
+            bundle: bundle.clone(),
+            source: Box::new(source),
+        }
     })?;
     let model_id = engine.manifest().model_id.clone();
     tracing::info!(
-        "model {model_id} from {} ({} encoder)",
+        "model {model_id} from {} ({} encoder, {} on {} thread(s): {})",
         bundle.display(),
-        engine.manifest().encoder.name
+        engine.manifest().encoder.name,
+        engine.precision().precision,
+        engine.threads(),
+        engine.precision().reason
     );
     let (host, port) = match &config.mqtt.host {
         Some(host) => (

@@ -1,24 +1,20 @@
-//! `caption-edge`: the edge daemon's library: the tract inference engine, frame sources,
-//! the MQTT publisher and the daemon's configuration, wired up by the `captiond` binary.
+//! `caption-edge`: the edge daemon's library: frame sources, the MQTT publisher and the
+//! daemon's configuration, wired up by the `captiond` binary around the inference engine
+//! of `caption-runtime`.
 
-pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod daemon;
-pub mod engine;
-pub mod evaluate;
 pub mod publish;
 pub mod source;
-
-pub use engine::{Caption, Engine, EngineError, StageTimes};
 
 /// The bundle `captiond` uses when none is given: the committed default model, relative
 /// to the working directory (the repository root). A packaged build sets
 /// `CAPTIOND_DEFAULT_BUNDLE` at compile time to where the package installs it
-/// (`/usr/share/captiond/models/flickr8k-lite0-int8`, scripts/package-deb.sh).
+/// (`/usr/share/captiond/models/flickr8k-lite0-f16`, scripts/package-deb.sh).
 pub const DEFAULT_BUNDLE: &str = match option_env!("CAPTIOND_DEFAULT_BUNDLE") {
     Some(path) => path,
-    None => "models/flickr8k-lite0-int8",
+    None => "models/flickr8k-lite0-f16",
 };
 
 /// The version string `captiond --version` prints.

@@ -7,9 +7,46 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use caption_edge::config::Config;
-use caption_edge::{bench, engine::Engine, evaluate};
 use caption_proto::{Flickr8k, Split};
-use clap::{Parser, Subcommand};
+use caption_runtime::{bench, evaluate, Engine, EngineOptions, Precision};
+use clap::{Args, Parser, Subcommand};
+
+/// How the model runs: the flags `caption` and `evaluate` share (the daemon reads the same
+/// settings from its config's `[model]` section).
+#[derive(Args, Debug)]
+struct EngineArgs {
+    /// The encoder's precision: auto (the fastest verified one for this CPU), int8 (the
+    /// bundle's graph as stored) or f32 (its int8 weights dequantised at load).
+    #[arg(long, default_value = "auto")]
+    precision: Precision,
+    /// Threads for the model's matrix kernels.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: u64,
+}
+
+impl EngineArgs {
+    fn options(&self) -> EngineOptions {
+        EngineOptions {
+            precision: self.precision,
+            threads: self.threads as usize,
+        }
+    }
+}
+
+/// Load a bundle and say, on stderr, how its encoder runs and why.
+fn load_engine(bundle: &std::path::Path, options: &EngineOptions) -> Result<Engine> {
+    let engine = Engine::load_with(bundle, options)
+        .with_context(|| format!("loading the bundle {}", bundle.display()))?;
+    let p = engine.precision();
+    eprintln!(
+        "{}: encoder in {} on {} thread(s) ({})",
+        engine.manifest().model_id,
+        p.precision,
+        engine.threads(),
+        p.reason
+    );
+    Ok(engine)
+}
 
 /// Caption images on an edge device and publish the captions over MQTT.
 #[derive(Parser, Debug)]
@@ -49,15 +86,24 @@ enum Command {
         /// the aarch64 build with the x86-64 one.
         #[arg(long, requires = "json")]
         features: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
     /// Per-stage latency (min/median/p90) and captions/s of one or more bundles over a
-    /// folder of images; several bundles run interleaved in this one process.
+    /// folder of images; every bundle × precision × threads variant runs interleaved in
+    /// this one process, and the first variant is the baseline of the printed ratios.
     Bench {
         /// Bundle directory; repeat to compare bundles.
         #[arg(long, required = true)]
         bundle: Vec<PathBuf>,
+        /// Encoder precision (auto, int8, f32); repeat to compare.
+        #[arg(long, default_values_t = [Precision::Auto])]
+        precision: Vec<Precision>,
+        /// Threads for the matrix kernels; repeat to compare [default: 1].
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        threads: Vec<u64>,
         /// Folder of images (jpg, jpeg, png).
         #[arg(long)]
         images: PathBuf,
@@ -68,6 +114,18 @@ enum Command {
         rounds: usize,
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         beam: u64,
+    },
+    /// Write a bundle's encoder graph as the engine runs it at a precision (int8: as
+    /// stored; f32: its int8 weights dequantised), as an ONNX file, e.g. to run the very
+    /// same graph in another runtime.
+    EncoderGraph {
+        #[arg(long, default_value = caption_edge::DEFAULT_BUNDLE)]
+        bundle: PathBuf,
+        #[arg(long)]
+        precision: Precision,
+        /// The ONNX file to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// BLEU of a bundle on a Flickr8k split through the daemon's inference path; prints one
     /// JSON object (scores and timings) as the last line of stdout.
@@ -84,6 +142,8 @@ enum Command {
         /// Write `image_id<TAB>caption` for every image of the split here.
         #[arg(long)]
         predictions: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
 }
 
@@ -127,9 +187,10 @@ fn main() -> Result<()> {
             beam,
             json,
             features,
+            engine,
             images,
         } => {
-            let engine = Engine::load(&bundle)?;
+            let engine = load_engine(&bundle, &engine.options())?;
             let mut failed = 0;
             for path in &images {
                 match engine.caption_file_with_features(path, beam as usize) {
@@ -140,6 +201,7 @@ fn main() -> Result<()> {
                                     "caption": caption.text,
                                     "score": caption.hypothesis.mean_log_prob(),
                                     "model_id": engine.manifest().model_id,
+                                    "precision": engine.precision().precision,
                                     "latency_ms": {
                                         "decode": times.preprocess.as_secs_f64() * 1e3,
                                         "encoder": times.encoder.as_secs_f64() * 1e3,
@@ -169,6 +231,8 @@ fn main() -> Result<()> {
         }
         Command::Bench {
             bundle,
+            precision,
+            threads,
             images,
             limit,
             rounds,
@@ -182,10 +246,29 @@ fn main() -> Result<()> {
             if files.is_empty() {
                 anyhow::bail!("{} holds no .jpg, .jpeg or .png files", images.display());
             }
-            let results = bench::bench(&bundle, &files, beam as usize, rounds)?;
+            let threads: Vec<usize> = if threads.is_empty() {
+                vec![1]
+            } else {
+                threads.iter().map(|&t| t as usize).collect()
+            };
+            let mut variants = Vec::new();
+            for b in &bundle {
+                for &precision in &precision {
+                    for &threads in &threads {
+                        variants.push((b.clone(), EngineOptions { precision, threads }));
+                    }
+                }
+            }
+            let results = bench::bench(&variants, &files, beam as usize, rounds)?;
+            let label = |r: &bench::BundleBench| {
+                format!("{} {} x{}", r.model_id, r.precision.precision, r.threads)
+            };
+            for r in &results {
+                println!("{}: {}", label(r), r.precision.reason);
+            }
             println!(
-                "{:<28} {:>9} {:>22} {:>22} {:>22} {:>10}",
-                "bundle",
+                "{:<36} {:>9} {:>22} {:>22} {:>22} {:>10}",
+                "bundle precision xthreads",
                 "MB",
                 "encoder ms min/med/p90",
                 "decoder ms min/med/p90",
@@ -195,8 +278,8 @@ fn main() -> Result<()> {
             for r in &results {
                 let f = |s: &bench::Summary| format!("{:.1}/{:.1}/{:.1}", s.min, s.median, s.p90);
                 println!(
-                    "{:<28} {:>9.2} {:>22} {:>22} {:>22} {:>10.2}",
-                    r.model_id,
+                    "{:<36} {:>9.2} {:>22} {:>22} {:>22} {:>10.2}",
+                    label(r),
                     r.bytes as f64 / 1e6,
                     f(&r.encoder_ms),
                     f(&r.decoder_ms),
@@ -209,13 +292,30 @@ fn main() -> Result<()> {
                 for r in &results[1..] {
                     println!(
                         "encoder median {} / {}: {:.2}x",
-                        r.model_id,
-                        results[0].model_id,
+                        label(r),
+                        label(&results[0]),
                         r.encoder_ms.median / base
                     );
                 }
             }
             println!("{}", serde_json::to_string(&results)?);
+        }
+        Command::EncoderGraph {
+            bundle,
+            precision,
+            out,
+        } => {
+            if precision == Precision::Auto {
+                anyhow::bail!("--precision: name the graph to write, int8 or f32");
+            }
+            let loaded = caption_proto::manifest::Manifest::load_bundle(&bundle)?;
+            let bytes = caption_runtime::engine::encoder_graph(&loaded, precision)?;
+            std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "wrote the {precision} encoder graph of {} to {}",
+                bundle.display(),
+                out.display()
+            );
         }
         Command::Evaluate {
             bundle,
@@ -223,8 +323,9 @@ fn main() -> Result<()> {
             split,
             beam,
             predictions,
+            engine,
         } => {
-            let engine = Engine::load(&bundle)?;
+            let engine = load_engine(&bundle, &engine.options())?;
             let data = Flickr8k::load(&data)?;
             let bar = indicatif::ProgressBar::new(0).with_style(
                 indicatif::ProgressStyle::with_template(

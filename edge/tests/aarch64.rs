@@ -1,5 +1,7 @@
 //! The aarch64 build of captiond, run under qemu-user as a Cortex-A72 (Raspberry Pi 4) and a
-//! Cortex-A76 (Pi 5), captions the example images exactly as the x86-64 build does.
+//! Cortex-A76 (Pi 5), captions the example images exactly as the x86-64 build does. Each
+//! board runs the precision `auto` picks for it (qemu sets the emulated CPU's HWCAP, which
+//! the engine reads), and the x86-64 build runs that same precision for the comparison.
 //!
 //! Needs the cross-built binary, so it is ignored in a plain `cargo test`;
 //! `scripts/check-aarch64.sh` builds it and runs this test with
@@ -24,6 +26,7 @@ const MAX_ABS_DIFF: f64 = 1e-3;
 struct Captioned {
     image: String,
     caption: String,
+    precision: String,
     features: Vec<f64>,
 }
 
@@ -58,9 +61,15 @@ fn cpu_part(cpu: &str) -> &'static str {
     }
 }
 
-/// `captiond caption --json --features`, natively (`cpu` None) or under qemu-aarch64.
-fn caption(cpu: Option<&str>, binary: &Path, images: &[PathBuf]) -> Vec<Captioned> {
-    let bundle = workspace_root().join("models/flickr8k-lite0-int8");
+/// `captiond caption --json --features --precision <precision>`, natively (`cpu` None) or
+/// under qemu-aarch64.
+fn caption(
+    cpu: Option<&str>,
+    binary: &Path,
+    precision: &str,
+    images: &[PathBuf],
+) -> Vec<Captioned> {
+    let bundle = workspace_root().join("models/flickr8k-lite0-f16");
     let mut cmd = match cpu {
         None => Command::new(binary),
         Some(cpu) => {
@@ -71,7 +80,8 @@ fn caption(cpu: Option<&str>, binary: &Path, images: &[PathBuf]) -> Vec<Captione
             cmd
         }
     };
-    cmd.args(["caption", "--json", "--features", "--bundle"])
+    cmd.args(["caption", "--json", "--features", "--threads", "1"])
+        .args(["--precision", precision, "--bundle"])
         .arg(&bundle)
         .args(images);
     let started = Instant::now();
@@ -82,10 +92,11 @@ fn caption(cpu: Option<&str>, binary: &Path, images: &[PathBuf]) -> Vec<Captione
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!(
-        "{} captioned {} images in {:.1} s",
+        "{} captioned {} images in {:.1} s; {}",
         cpu.unwrap_or("x86-64"),
         images.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stderr).trim()
     );
     String::from_utf8(out.stdout)
         .unwrap()
@@ -95,6 +106,7 @@ fn caption(cpu: Option<&str>, binary: &Path, images: &[PathBuf]) -> Vec<Captione
             Captioned {
                 image: v["image"].as_str().unwrap().to_owned(),
                 caption: v["caption"].as_str().unwrap().to_owned(),
+                precision: v["precision"].as_str().unwrap().to_owned(),
                 features: v["features"]
                     .as_array()
                     .expect("features")
@@ -119,11 +131,16 @@ fn aarch64_under_qemu_captions_like_x86() {
     let host = PathBuf::from(env!("CARGO_BIN_EXE_captiond"));
     let arm = env_path("CAPTIOND_AARCH64");
     let images = example_images();
-    let reference = caption(None, &host, &images);
-    assert_eq!(reference.len(), images.len());
 
     for cpu in ["cortex-a72", "cortex-a76"] {
-        let got = caption(Some(cpu), &arm, &images);
+        let got = caption(Some(cpu), &arm, "auto", &images);
+        let precision = got[0].precision.clone();
+        assert!(
+            got.iter().all(|g| g.precision == precision) && precision != "auto",
+            "{cpu}: one concrete precision"
+        );
+        let reference = caption(None, &host, &precision, &images);
+        assert_eq!(reference.len(), images.len());
         assert_eq!(got.len(), reference.len(), "{cpu}: one line per image");
         let (mut worst_cos, mut worst_diff) = (1.0f64, 0.0f64);
         for (r, g) in reference.iter().zip(&got) {
@@ -140,7 +157,7 @@ fn aarch64_under_qemu_captions_like_x86() {
             worst_diff = worst_diff.max(diff);
         }
         eprintln!(
-            "{cpu}: {} captions identical; features cosine min {worst_cos:.9}, max |diff| {worst_diff:.3e}",
+            "{cpu} ({precision}): {} captions identical; features cosine min {worst_cos:.9}, max |diff| {worst_diff:.3e}",
             got.len()
         );
         assert!(worst_cos >= MIN_COSINE, "{cpu}: feature cosine {worst_cos}");

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use caption_edge::Engine;
+use caption_runtime::Engine;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -27,7 +27,7 @@ fn version_is_printed() {
 
 #[test]
 fn caption_json_with_features_matches_the_engine() {
-    let bundle = workspace().join("models/flickr8k-lite0-int8");
+    let bundle = workspace().join("models/flickr8k-lite0-f16");
     let images = [
         workspace().join("examples/images/3537201804_ce07aff237.jpg"),
         workspace().join("examples/images/69710415_5c2bfb1058.jpg"),
@@ -53,7 +53,7 @@ fn caption_json_with_features_matches_the_engine() {
     for (line, image) in lines.iter().zip(&images) {
         let (caption, _) = engine.caption_file(image, 1).unwrap();
         assert_eq!(line["caption"], caption.text.as_str());
-        assert_eq!(line["model_id"], "flickr8k-lite0-int8");
+        assert_eq!(line["model_id"], "flickr8k-lite0-f16");
         let pixels = engine.preprocessing().from_file(image).unwrap();
         let expected = engine.encode(&pixels).unwrap();
         let got: Vec<f32> = line["features"]

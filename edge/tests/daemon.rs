@@ -189,7 +189,7 @@ fn images(dir: &Path, n: usize) -> PathBuf {
 }
 
 fn config(dir: &Path, body: &str) -> PathBuf {
-    let bundle = workspace().join("models/flickr8k-lite0-int8");
+    let bundle = workspace().join("models/flickr8k-lite0-f16");
     let path = dir.join("captiond.toml");
     std::fs::write(
         &path,
@@ -299,7 +299,7 @@ fn a_folder_of_images_gives_one_event_each_and_retained_topics() {
     }
     for e in &evs {
         assert_eq!(e.camera, "main");
-        assert_eq!(e.model_id, "flickr8k-lite0-int8");
+        assert_eq!(e.model_id, "flickr8k-lite0-f16");
         assert!(!e.caption.is_empty() && e.score < 0.0);
         assert!(e.timestamp.ends_with('Z') && e.timestamp.contains('T'));
     }

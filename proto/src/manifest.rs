@@ -18,6 +18,19 @@ use crate::vocab::Vocabulary;
 pub const BUNDLE_FORMAT_VERSION: u32 = 1;
 /// The manifest's file name inside a bundle directory.
 pub const MANIFEST_FILE: &str = "manifest.toml";
+/// The file names the exporter gives a bundle's graphs and vocabulary (the manifest's
+/// `encoder.file`, `decoder.file` and `vocabulary.file` may name others).
+pub const ENCODER_FILE: &str = "encoder.onnx";
+pub const DECODER_FILE: &str = "decoder.onnx";
+pub const VOCAB_FILE: &str = "vocab.json";
+/// The encoder graph's input (normalised image `[N, 3, S, S]`) and output (features
+/// `[N, D]`); the engine binds them by these names.
+pub const ENCODER_INPUT: &str = "image";
+pub const ENCODER_OUTPUT: &str = "features";
+/// The decoder step graph's inputs: features `[N, D]`, previous words `[N]` (int64), LSTM
+/// state `h` and `c` `[N, H]`; and outputs: log-probabilities `[N, V]`, new `h`, new `c`.
+pub const DECODER_INPUTS: [&str; 4] = ["features", "words", "h", "c"];
+pub const DECODER_OUTPUTS: [&str; 3] = ["log_probs", "h_out", "c_out"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

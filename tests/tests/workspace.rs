@@ -51,3 +51,29 @@ fn edge_does_not_depend_on_libtorch() {
 fn proto_depends_on_neither_tch_nor_tract() {
     assert_free_of("caption-proto", &["tch ", "torch-sys ", "tract"]);
 }
+
+/// The trainer verifies bundles through caption-runtime, never through the edge daemon:
+/// no camera, MQTT client or broker in its build.
+#[test]
+fn trainer_does_not_depend_on_the_edge() {
+    assert_free_of(
+        "caption-trainer",
+        &["caption-edge ", "nokhwa ", "rumqttc ", "rumqttd "],
+    );
+}
+
+/// The runtime is tract and the bundle contract only.
+#[test]
+fn runtime_depends_on_neither_libtorch_nor_the_daemon() {
+    assert_free_of(
+        "caption-runtime",
+        &[
+            "tch ",
+            "torch-sys ",
+            "nokhwa ",
+            "rumqttc ",
+            "rumqttd ",
+            "caption-edge ",
+        ],
+    );
+}

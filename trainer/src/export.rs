@@ -1,7 +1,7 @@
 //! `caption-train export`: a checkpoint and its encoder → a verified model bundle.
 //!
 //! The bundle is written beside its destination (`<out>.partial`), loaded back through
-//! `caption_edge::Engine` (the code `captiond` runs), compared with the tch model on
+//! `caption_runtime::Engine` (the code `captiond` runs), compared with the tch model on
 //! held-aside images, and only then renamed into place. An int8 export first builds and
 //! verifies the f32 bundle, calibrates activation ranges by running the f32 encoder graph
 //! in tract over training images, and compares the int8 bundle with both.
@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use caption_edge::engine::{Engine, EngineError};
 use caption_proto::dataset::{self, Flickr8k, Split};
 use caption_proto::manifest::{
     self, DecoderSection, EncoderSection, Manifest, VocabularySection, BUNDLE_FORMAT_VERSION,
@@ -18,19 +17,19 @@ use caption_proto::manifest::{
 use caption_proto::search::{SearchConfig, StepDecoder};
 use caption_proto::text::strip_special;
 use caption_proto::vocab::Vocabulary;
+use caption_runtime::engine::{Engine, EngineError, EngineOptions};
+use caption_runtime::Precision;
 use tch::{Device, Kind, Tensor};
-use tract_onnx::prelude::{Framework, InferenceModelExt};
+use tract_onnx::prelude::{Framework, InferenceModelExt, IntoRunnable};
 
 use crate::encoders::{EncoderKind, TchEncoder};
 use crate::evaluate::{decode_all, TchDecoder};
 use crate::model::MergeModel;
-use crate::onnx::{self, DecoderStorage, FcScheme, OnnxError};
+use crate::onnx::{self, FcScheme, OnnxError, WeightStorage};
 use crate::train::{self, CheckpointInfo, TrainError};
 
-/// File names inside a bundle.
-pub const ENCODER_FILE: &str = "encoder.onnx";
-pub const DECODER_FILE: &str = "decoder.onnx";
-pub const VOCAB_FILE: &str = "vocab.json";
+/// File names inside a bundle (the bundle contract).
+pub use caption_proto::manifest::{DECODER_FILE, ENCODER_FILE, VOCAB_FILE};
 
 /// The f32 parity an export must reach, or it fails.
 pub const MIN_F32_COSINE: f64 = 0.9999;
@@ -55,7 +54,7 @@ pub enum ExportError {
     #[error(transparent)]
     Image(#[from] caption_proto::preprocess::PreprocessError),
     #[error(transparent)]
-    Evaluate(#[from] caption_edge::evaluate::EvaluateError),
+    Evaluate(#[from] caption_runtime::evaluate::EvaluateError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -113,7 +112,7 @@ pub struct ExportOptions {
     /// Depthwise convolutions as int8 (`QLinearConv`) or kept f32.
     pub int8_depthwise: bool,
     /// `None`: f32 for f32 bundles, f16 storage for int8 bundles.
-    pub decoder_storage: Option<DecoderStorage>,
+    pub decoder_storage: Option<WeightStorage>,
     /// Flickr8k root: calibration (train split) and verification images.
     pub data: PathBuf,
     pub calibration_images: usize,
@@ -148,10 +147,12 @@ pub struct ExportReport {
     pub model_id: String,
     pub f32: Verification,
     pub int8: Option<Verification>,
+    /// The int8 bundle run with its weights dequantised to f32 (`--precision f32`).
+    pub dequantized: Option<Verification>,
     /// int8 vs f32 bundle greedy captions.
     pub int8_f32_caption_agreement: Option<f64>,
     pub sizes: BTreeMap<String, u64>,
-    pub evaluation: Option<caption_edge::evaluate::BundleEvaluation>,
+    pub evaluation: Option<caption_runtime::evaluate::BundleEvaluation>,
 }
 
 /// Images of `split` that have captions and an image file, in split order.
@@ -338,7 +339,7 @@ pub fn calibrate(
         .iter()
         .map(String::as_str)
         .collect();
-    model.set_output_names(&points).map_err(err)?;
+    model.select_outputs_by_name(&points).map_err(err)?;
     let plan = model
         .into_optimized()
         .and_then(|m| m.into_runnable())
@@ -354,7 +355,7 @@ pub fn calibrate(
             .run(std::iter::once(tract_onnx::prelude::Tensor::from(input).into()).collect())
             .map_err(err)?;
         for (range, out) in ranges.iter_mut().zip(outputs.iter()) {
-            let view = out.to_array_view::<f32>().map_err(err)?;
+            let view = out.to_plain_array_view::<f32>().map_err(err)?;
             for &v in view.iter() {
                 range.0 = range.0.min(v);
                 range.1 = range.1.max(v);
@@ -435,6 +436,86 @@ fn partial(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The encoder's layers with BatchNorm folded, as the ONNX writer takes them.
+fn folded_layers(encoder: &TchEncoder) -> Result<Vec<onnx::Layer>, ExportError> {
+    let params: HashMap<String, Vec<f32>> = encoder
+        .named_parameters()
+        .iter()
+        .map(|(k, t)| (k.clone(), to_vec(t)))
+        .collect();
+    Ok(onnx::fold(&encoder.spec.features, &params)?)
+}
+
+/// A copy of the bundle `bundle` whose encoder is the float graph of the encoder weights
+/// `weights` (BatchNorm folded, as an `--quantize none` export writes it; weights stored
+/// as `storage`, compute f32), with the same decoder and vocabulary and fresh checksums.
+/// The encoder is the pretrained ImageNet network, so no training checkpoint is needed:
+/// this turns an int8 bundle into the float bundle it was quantized from (the f32
+/// reference its paths are measured against, or the f16-stored default bundle).
+pub fn float_bundle(
+    bundle: &Path,
+    weights: &Path,
+    storage: WeightStorage,
+    model_id: &str,
+    out: &Path,
+) -> Result<(), ExportError> {
+    let source = Manifest::load_bundle(bundle)?;
+    let m = &source.manifest;
+    let kind: EncoderKind = m
+        .encoder
+        .name
+        .parse()
+        .map_err(|e: String| ExportError::Mismatch {
+            path: bundle.join(MANIFEST_FILE),
+            field: "encoder.name",
+            found: m.encoder.name.clone(),
+            expected: e,
+        })?;
+    let spec = kind.spec();
+    let encoder = TchEncoder::from_file(spec.clone(), weights, Device::Cpu)?;
+    let layers = folded_layers(&encoder)?;
+    let graph = onnx::encode(&onnx::encoder_float(&spec, &layers, storage).model);
+    let read = |name: &str| {
+        let path = bundle.join(name);
+        std::fs::read(&path).map_err(io(&path))
+    };
+    let decoder = read(&m.decoder.file)?;
+    let vocab = String::from_utf8_lossy(&read(&m.vocabulary.file)?).into_owned();
+    let mut manifest = m.clone();
+    manifest.model_id = model_id.to_owned();
+    manifest.encoder.file = ENCODER_FILE.into();
+    manifest.decoder.file = DECODER_FILE.into();
+    manifest.vocabulary.file = VOCAB_FILE.into();
+    manifest.files.clear();
+    manifest.metrics.clear();
+    manifest.quantization.retain(|k, _| k == "decoder");
+    manifest.quantization.insert(
+        "scheme".into(),
+        match storage {
+            WeightStorage::F32 => "none (f32)".into(),
+            WeightStorage::F16 => {
+                "encoder and decoder weights stored as float16, f32 compute".into()
+            }
+        },
+    );
+    manifest
+        .provenance
+        .insert("encoder_weights".into(), weights.display().to_string());
+    manifest.provenance.insert(
+        "float_bundle_of".into(),
+        format!("{} ({})", m.model_id, bundle.display()),
+    );
+    write_bundle(
+        out,
+        &BundleFiles {
+            encoder: &graph,
+            decoder: &decoder,
+            vocab: &vocab,
+        },
+        &mut manifest,
+    )
+}
+
 /// Export, verify and (optionally) evaluate a bundle. `log` receives progress lines.
 pub fn export(
     opts: &ExportOptions,
@@ -484,12 +565,7 @@ pub fn export(
         Some(path) => TchEncoder::from_file(spec.clone(), path, Device::Cpu)?,
         None => TchEncoder::random(spec.clone(), opts.seed, Device::Cpu),
     };
-    let params: HashMap<String, Vec<f32>> = encoder
-        .named_parameters()
-        .iter()
-        .map(|(k, t)| (k.clone(), to_vec(t)))
-        .collect();
-    let layers = onnx::fold(&spec.features, &params)?;
+    let layers = folded_layers(&encoder)?;
 
     let data = Flickr8k::load(&opts.data)?;
     let verify_pool = split_images(&data, opts.verify_split);
@@ -554,7 +630,7 @@ pub fn export(
         "exporter".into(),
         format!("caption-train {}", env!("CARGO_PKG_VERSION")),
     );
-    let base_manifest = |id: &str, storage: DecoderStorage| Manifest {
+    let base_manifest = |id: &str, storage: WeightStorage| Manifest {
         format_version: BUNDLE_FORMAT_VERSION,
         model_id: id.to_owned(),
         encoder: EncoderSection {
@@ -578,8 +654,8 @@ pub fn export(
         quantization: BTreeMap::from([(
             "decoder".to_owned(),
             match storage {
-                DecoderStorage::F32 => "f32".to_owned(),
-                DecoderStorage::F16 => {
+                WeightStorage::F32 => "f32".to_owned(),
+                WeightStorage::F16 => {
                     "weight matrices stored as float16, cast to float32 at load; f32 compute"
                         .to_owned()
                 }
@@ -596,8 +672,8 @@ pub fn export(
     let f32_graph = onnx::encoder_f32(&spec, &layers);
     let f32_encoder = onnx::encode(&f32_graph.model);
     let f32_storage = match opts.quantize {
-        Quantize::None => opts.decoder_storage.unwrap_or(DecoderStorage::F32),
-        Quantize::Int8 => DecoderStorage::F32,
+        Quantize::None => opts.decoder_storage.unwrap_or(WeightStorage::F32),
+        Quantize::Int8 => WeightStorage::F32,
     };
     let f32_decoder = onnx::encode(&onnx::decoder(&dparams, f32_storage));
     let f32_dir = match (opts.quantize, &opts.f32_out) {
@@ -675,7 +751,7 @@ pub fn export(
             })?;
             let int8_graph =
                 onnx::encoder_int8(&spec, &layers, &ranges, opts.fc, opts.int8_depthwise)?;
-            let storage = opts.decoder_storage.unwrap_or(DecoderStorage::F16);
+            let storage = opts.decoder_storage.unwrap_or(WeightStorage::F16);
             let int8_encoder = onnx::encode(&int8_graph.model);
             let int8_decoder = onnx::encode(&onnx::decoder(&dparams, storage));
             let dir = partial(&opts.out, ".partial");
@@ -718,9 +794,20 @@ pub fn export(
                 },
                 &mut m,
             )?;
-            log("verifying the int8 bundle in tract");
-            let engine = Engine::load(&dir)?;
+            log("verifying the int8 bundle in tract, as int8 and dequantised to f32");
+            let path = |precision| EngineOptions {
+                precision,
+                threads: 1,
+            };
+            let engine = Engine::load_with(&dir, &path(Precision::Int8))?;
             let (check, captions) = verify(&engine, &model, &r, &search)?;
+            let deq_engine = Engine::load_with(&dir, &path(Precision::F32))?;
+            let (deq_check, _) = verify(&deq_engine, &model, &r, &search)?;
+            log(&format!(
+                "int8 dequantised to f32: feature cosine min {:.6}, caption agreement with tch {:.4}",
+                deq_check.feature_cosine_min, deq_check.caption_agreement
+            ));
+
             let agree = captions
                 .iter()
                 .zip(&f32_captions)
@@ -738,6 +825,7 @@ pub fn export(
             ));
             record(&mut m.metrics, "f32", &f32_check);
             record(&mut m.metrics, "int8", &check);
+            record(&mut m.metrics, "dequantized", &deq_check);
             m.metrics.insert("int8_f32_caption_agreement".into(), agree);
             m.provenance
                 .insert("verify_split".into(), opts.verify_split.to_string());
@@ -745,8 +833,12 @@ pub fn export(
             if opts.f32_out.is_none() {
                 std::fs::remove_dir_all(&f32_dir).map_err(io(&f32_dir))?;
             }
-            (dir, m, Some(check), Some(agree))
+            (dir, m, Some((check, deq_check)), Some(agree))
         }
+    };
+    let (int8, dequantized) = match int8 {
+        Some((a, b)) => (Some(a), Some(b)),
+        None => (None, None),
     };
 
     let evaluation = match opts.evaluate {
@@ -755,7 +847,7 @@ pub fn export(
             log(&format!("evaluating the bundle on {split} (beam {beam})"));
             let engine = Engine::load(&final_dir)?;
             let (report, _) =
-                caption_edge::evaluate::evaluate(&engine, &data, split, beam, |_, _| {})?;
+                caption_runtime::evaluate::evaluate(&engine, &data, split, beam, |_, _| {})?;
             let m = &mut final_manifest.metrics;
             let s = split.to_string();
             for (name, scores) in [
@@ -784,6 +876,7 @@ pub fn export(
         model_id,
         f32: f32_check,
         int8,
+        dequantized,
         int8_f32_caption_agreement: agreement,
         sizes,
         evaluation,

@@ -229,6 +229,30 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Rebuild a bundle's encoder as a float graph from the encoder's weights (weights
+    /// stored as f16 or f32, compute f32), keeping its decoder and vocabulary: e.g. the
+    /// float bundle an int8 bundle was quantized from. No checkpoint is needed: the encoder
+    /// is the pretrained network.
+    FloatBundle {
+        /// The bundle to start from.
+        #[arg(long)]
+        from: PathBuf,
+        /// The encoder's weights (the ones the bundle was exported with).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Encoder weight storage: `f16` or `f32`.
+        #[arg(long, default_value = "f16", value_parser = ["f32", "f16"])]
+        storage: String,
+        /// Model id published with captions.
+        #[arg(long)]
+        model_id: String,
+        /// The bundle directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing bundle directory.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show what libtorch sees (CUDA devices, CPU threads) as JSON.
     Device,
 }
@@ -503,7 +527,7 @@ fn main() -> Result<()> {
             force,
         } => {
             use caption_trainer::export::{self, ExportOptions, Quantize};
-            use caption_trainer::onnx::DecoderStorage;
+            use caption_trainer::onnx::WeightStorage;
             let opts = ExportOptions {
                 checkpoint,
                 encoder: features_encoder,
@@ -519,9 +543,9 @@ fn main() -> Result<()> {
                 int8_depthwise: depthwise == "int8",
                 decoder_storage: decoder_storage.map(|s| {
                     if s == "f16" {
-                        DecoderStorage::F16
+                        WeightStorage::F16
                     } else {
-                        DecoderStorage::F32
+                        WeightStorage::F32
                     }
                 }),
                 data,
@@ -536,6 +560,28 @@ fn main() -> Result<()> {
             };
             let report = export::export(&opts, |line| eprintln!("export: {line}"))?;
             println!("{}", serde_json::to_string(&report)?);
+        }
+        Command::FloatBundle {
+            from,
+            weights,
+            storage,
+            model_id,
+            out,
+            force,
+        } => {
+            use caption_trainer::onnx::WeightStorage;
+            if out.exists() && !force {
+                anyhow::bail!("{} exists; pass --force to replace it", out.display());
+            }
+            let storage = if storage == "f16" {
+                WeightStorage::F16
+            } else {
+                WeightStorage::F32
+            };
+            caption_trainer::export::float_bundle(&from, &weights, storage, &model_id, &out)
+                .with_context(|| format!("building {} from {}", out.display(), from.display()))?;
+            let m = caption_proto::manifest::Manifest::load_bundle(&out)?.manifest;
+            println!("{}", serde_json::to_string(&m.files)?);
         }
         Command::Device => println!("{}", serde_json::to_string(&device::report(cuda_backend))?),
     }

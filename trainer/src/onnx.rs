@@ -471,6 +471,7 @@ impl Value {
 enum Mode<'a> {
     F32 {
         points: Vec<String>,
+        storage: WeightStorage,
     },
     Int8 {
         ranges: &'a [(f32, f32)],
@@ -494,7 +495,7 @@ impl Emitter<'_> {
     fn point(&mut self, name: &str) -> (f32, f32) {
         self.next_point += 1;
         match &mut self.mode {
-            Mode::F32 { points } => {
+            Mode::F32 { points, .. } => {
                 points.push(name.to_owned());
                 (0.0, 0.0)
             }
@@ -541,6 +542,18 @@ impl Emitter<'_> {
                 let hi = self.g.f32s("max", &[], &[6.0]);
                 self.g.node("Clip", &[&x, &lo, &hi], vec![])
             }
+        }
+    }
+
+    /// A float layer's weights: float16-stored in an f32 graph that asks for it (tract
+    /// folds the cast at load, so compute stays f32), else f32.
+    fn weights(&mut self, dims: &[usize], w: &[f32]) -> String {
+        match self.mode {
+            Mode::F32 {
+                storage: WeightStorage::F16,
+                ..
+            } => self.g.f16s_as_f32("w", dims, w),
+            _ => self.g.f32s("w", dims, w),
         }
     }
 
@@ -627,7 +640,7 @@ impl Emitter<'_> {
                         self.qconv(&x, w, b, &wdims, attrs, *act, range)
                     } else {
                         let input = self.dequant(&x);
-                        let wn = self.g.f32s("w", &wdims, w);
+                        let wn = self.weights(&wdims, w);
                         let bn = self.g.f32s("b", &[*cout], b);
                         let y = self.g.node("Conv", &[&input, &wn, &bn], attrs);
                         let y = self.act_f32(y, *act);
@@ -669,7 +682,7 @@ impl Emitter<'_> {
                     }
                     mode => {
                         let input = self.dequant(&x);
-                        let wn = self.g.f32s("w", &[*cout, *cin], w);
+                        let wn = self.weights(&[*cout, *cin], w);
                         let bn = self.g.f32s("b", &[*cout], b);
                         let y =
                             self.g
@@ -728,9 +741,8 @@ impl Emitter<'_> {
     }
 }
 
-/// Name of the encoder graph's input and output.
-pub const ENCODER_INPUT: &str = "image";
-pub const ENCODER_OUTPUT: &str = "features";
+/// Name of the encoder graph's input and output (the bundle contract).
+pub use caption_proto::manifest::{ENCODER_INPUT, ENCODER_OUTPUT};
 
 /// An encoder graph and, for f32 graphs, the tensors calibration must observe (the graph
 /// input, then every layer output in emission order).
@@ -767,7 +779,14 @@ fn emit_encoder(spec: &EncoderSpec, layers: &[Layer], mode: Mode<'_>) -> Encoder
         &[Dim::Batch, Dim::Fixed(spec.feature_dim)],
     );
     let (points, precision) = match e.mode {
-        Mode::F32 { points } => (points, "f32"),
+        Mode::F32 {
+            points,
+            storage: WeightStorage::F32,
+        } => (points, "f32"),
+        Mode::F32 {
+            points,
+            storage: WeightStorage::F16,
+        } => (points, "f16 weights, f32 compute"),
         Mode::Int8 { .. } => (Vec::new(), "int8"),
     };
     EncoderGraph {
@@ -787,7 +806,19 @@ fn emit_encoder(spec: &EncoderSpec, layers: &[Layer], mode: Mode<'_>) -> Encoder
 
 /// The float32 encoder graph.
 pub fn encoder_f32(spec: &EncoderSpec, layers: &[Layer]) -> EncoderGraph {
-    emit_encoder(spec, layers, Mode::F32 { points: Vec::new() })
+    encoder_float(spec, layers, WeightStorage::F32)
+}
+
+/// The float encoder graph with its weights stored as `storage` (compute is f32).
+pub fn encoder_float(spec: &EncoderSpec, layers: &[Layer], storage: WeightStorage) -> EncoderGraph {
+    emit_encoder(
+        spec,
+        layers,
+        Mode::F32 {
+            points: Vec::new(),
+            storage,
+        },
+    )
 }
 
 /// The int8 encoder graph; `ranges[i]` is the observed `(min, max)` of the f32 graph's
@@ -836,46 +867,46 @@ pub struct DecoderParams {
     pub out_b: Vec<f32>,
 }
 
-/// How the decoder's weight matrices are stored.
+/// How weight matrices are stored in a float graph (decoder; f32 encoder).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecoderStorage {
+pub enum WeightStorage {
     F32,
     /// float16 storage, float32 compute.
     F16,
 }
 
-/// Names of the decoder graph's inputs and outputs.
-pub const DECODER_INPUTS: [&str; 4] = ["features", "words", "h", "c"];
-pub const DECODER_OUTPUTS: [&str; 3] = ["log_probs", "h_out", "c_out"];
+/// Names of the decoder graph's inputs and outputs (the bundle contract).
+pub use caption_proto::manifest::{DECODER_INPUTS, DECODER_OUTPUTS};
 
 /// One decoding step: (features `[N,D]`, previous words `[N]` int64, h `[N,H]`, c `[N,H]`)
 /// → (log-probabilities `[N,V]`, h, c). The same arithmetic as
 /// [`crate::model::MergeModel::step`].
-pub fn decoder(p: &DecoderParams, storage: DecoderStorage) -> pb::ModelProto {
+pub fn decoder(p: &DecoderParams, storage: WeightStorage) -> pb::ModelProto {
     let (d, v, e, h) = (p.feature_dim, p.vocab_size, p.embed_dim, p.hidden);
     let mut g = GraphBuilder::default();
-    g.input("features", DataType::Float, &[Dim::Batch, Dim::Fixed(d)]);
-    g.input("words", DataType::Int64, &[Dim::Batch]);
-    g.input("h", DataType::Float, &[Dim::Batch, Dim::Fixed(h)]);
-    g.input("c", DataType::Float, &[Dim::Batch, Dim::Fixed(h)]);
+    let [in_features, in_words, in_h, in_c] = DECODER_INPUTS;
+    g.input(in_features, DataType::Float, &[Dim::Batch, Dim::Fixed(d)]);
+    g.input(in_words, DataType::Int64, &[Dim::Batch]);
+    g.input(in_h, DataType::Float, &[Dim::Batch, Dim::Fixed(h)]);
+    g.input(in_c, DataType::Float, &[Dim::Batch, Dim::Fixed(h)]);
     let weight = |g: &mut GraphBuilder, hint: &str, dims: &[usize], data: &[f32]| match storage {
-        DecoderStorage::F32 => g.f32s(hint, dims, data),
-        DecoderStorage::F16 => g.f16s_as_f32(hint, dims, data),
+        WeightStorage::F32 => g.f32s(hint, dims, data),
+        WeightStorage::F16 => g.f16s_as_f32(hint, dims, data),
     };
     let trans_b = || vec![attr_int("transB", 1)];
     // Image branch.
     let fe_w = weight(&mut g, "fe_w", &[h, d], &p.fe_w);
     let fe_b = g.f32s("fe_b", &[h], &p.fe_b);
-    let fe = g.node("Gemm", &["features", &fe_w, &fe_b], trans_b());
+    let fe = g.node("Gemm", &[in_features, &fe_w, &fe_b], trans_b());
     let fe = g.node("Relu", &[&fe], vec![]);
     // Word branch: one LSTM step.
     let table = weight(&mut g, "embed", &[v, e], &p.embed);
-    let x = g.node("Gather", &[&table, "words"], vec![attr_int("axis", 0)]);
+    let x = g.node("Gather", &[&table, in_words], vec![attr_int("axis", 0)]);
     let w_ih = weight(&mut g, "w_ih", &[4 * h, e], &p.w_ih);
     let b_ih = g.f32s("b_ih", &[4 * h], &p.b_ih);
     let w_hh = weight(&mut g, "w_hh", &[4 * h, h], &p.w_hh);
     let gx = g.node("Gemm", &[&x, &w_ih, &b_ih], trans_b());
-    let gh = g.node("Gemm", &["h", &w_hh], trans_b());
+    let gh = g.node("Gemm", &[in_h, &w_hh], trans_b());
     let gates = g.node("Add", &[&gx, &gh], vec![]);
     let split = g.i64s("split", &[4], &[h as i64; 4]);
     let parts = g.node_n("Split", &[&gates, &split], vec![attr_int("axis", 1)], 4);
@@ -883,7 +914,7 @@ pub fn decoder(p: &DecoderParams, storage: DecoderStorage) -> pb::ModelProto {
     let f = g.node("Sigmoid", &[&parts[1]], vec![]);
     let gg = g.node("Tanh", &[&parts[2]], vec![]);
     let o = g.node("Sigmoid", &[&parts[3]], vec![]);
-    let fc = g.node("Mul", &[&f, "c"], vec![]);
+    let fc = g.node("Mul", &[&f, in_c], vec![]);
     let ig = g.node("Mul", &[&i, &gg], vec![]);
     let c_new = g.node("Add", &[&fc, &ig], vec![]);
     let tc = g.node("Tanh", &[&c_new], vec![]);
@@ -899,17 +930,18 @@ pub fn decoder(p: &DecoderParams, storage: DecoderStorage) -> pb::ModelProto {
     let logits = g.node("Gemm", &[&dh, &out_w, &out_b], trans_b());
     let logp = g.node("LogSoftmax", &[&logits], vec![attr_int("axis", 1)]);
     let bh = [Dim::Batch, Dim::Fixed(h)];
+    let [out_log_probs, out_h, out_c] = DECODER_OUTPUTS;
     g.output(
-        "log_probs",
+        out_log_probs,
         &logp,
         DataType::Float,
         &[Dim::Batch, Dim::Fixed(v)],
     );
-    g.output("h_out", &h_new, DataType::Float, &bh);
-    g.output("c_out", &c_new, DataType::Float, &bh);
+    g.output(out_h, &h_new, DataType::Float, &bh);
+    g.output(out_c, &c_new, DataType::Float, &bh);
     let precision = match storage {
-        DecoderStorage::F32 => "f32",
-        DecoderStorage::F16 => "f16 weights, f32 compute",
+        WeightStorage::F32 => "f32",
+        WeightStorage::F16 => "f16 weights, f32 compute",
     };
     g.finish(
         "merge-decoder-step",

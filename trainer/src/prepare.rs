@@ -11,8 +11,8 @@ use serde::Serialize;
 
 /// Name of the cleaned-descriptions file (`<id> <clean caption>` per line).
 pub const DESCRIPTIONS_FILE: &str = "descriptions.txt";
-/// Name of the train vocabulary file.
-pub const VOCAB_FILE: &str = "vocab.json";
+/// Name of the train vocabulary file (the same name it has in a bundle).
+pub use caption_proto::manifest::VOCAB_FILE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {

@@ -7,8 +7,8 @@ use common::{ok_json, run, workspace};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use caption_edge::engine::Engine;
 use caption_proto::manifest::Manifest;
+use caption_runtime::engine::Engine;
 
 fn fixture() -> String {
     workspace().join("fixtures/flickr8k").display().to_string()
@@ -161,6 +161,13 @@ fn int8_export_quantizes_the_encoder_and_reports_agreement() {
     // Quantization changes features a little, not a lot.
     let cos = int8["feature_cosine_mean"].as_f64().unwrap();
     assert!(cos > 0.95 && cos < 1.0, "{report}");
+    // The same bundle with its int8 weights dequantised to f32 (what `--precision f32`
+    // runs) drops only the rounding of activations: on average at least as close to the
+    // f32 features as int8 (its int8 weights keep it from reaching the f32 bundle).
+    let deq = report["dequantized"]["feature_cosine_mean"]
+        .as_f64()
+        .unwrap();
+    assert!(deq >= cos - 1e-4 && deq < 1.0, "{report}");
     let agreement = report["int8_f32_caption_agreement"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&agreement));
     let m = Manifest::load_bundle(&out).unwrap().manifest;

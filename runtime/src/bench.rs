@@ -1,12 +1,14 @@
-//! `captiond bench`: per-stage latency of one or more bundles on a folder of images, run
-//! in one process and interleaved round by round, so bundles are compared fairly.
+//! `captiond bench`: per-stage latency of one or more bundles (each in one or more
+//! precisions and thread counts) on a folder of images, run in one process and interleaved
+//! round by round, so the variants are compared fairly.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::precision::PrecisionChoice;
 
 /// min / median / p90 of a sample, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -43,6 +45,9 @@ impl Summary {
 pub struct BundleBench {
     pub bundle: PathBuf,
     pub model_id: String,
+    /// The precision the encoder ran in, and why.
+    pub precision: PrecisionChoice,
+    pub threads: usize,
     pub load_ms: f64,
     /// Size of the bundle's files in bytes.
     pub bytes: u64,
@@ -79,19 +84,19 @@ fn bundle_bytes(engine: &Engine) -> u64 {
         .sum()
 }
 
-/// Caption every image `rounds` times with each bundle (after one warm-up caption),
-/// interleaving bundles per round.
+/// Caption every image `rounds` times with each variant (a bundle with its engine
+/// options; after one warm-up caption), interleaving the variants per round.
 pub fn bench(
-    bundles: &[PathBuf],
+    variants: &[(PathBuf, EngineOptions)],
     images: &[PathBuf],
     beam: usize,
     rounds: usize,
 ) -> Result<Vec<BundleBench>, EngineError> {
     let mut engines = Vec::new();
     let mut load_ms = Vec::new();
-    for b in bundles {
+    for (bundle, options) in variants {
         let t = Instant::now();
-        engines.push(Engine::load(b)?);
+        engines.push(Engine::load_with(bundle, options)?);
         load_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let mut samples: Vec<[Vec<f64>; 4]> = vec![Default::default(); engines.len()];
@@ -122,6 +127,8 @@ pub fn bench(
         .map(|(e, engine)| BundleBench {
             bundle: engine.bundle.dir.clone(),
             model_id: engine.manifest().model_id.clone(),
+            precision: engine.precision().clone(),
+            threads: engine.threads(),
             load_ms: load_ms[e],
             bytes: bundle_bytes(engine),
             captions: samples[e][3].len(),

@@ -10,6 +10,7 @@ use caption_proto::text::TextRules;
 use serde::Serialize;
 
 use crate::engine::{Engine, EngineError};
+use crate::precision::PrecisionChoice;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvaluateError {
@@ -37,6 +38,9 @@ pub struct Timings {
 pub struct BundleEvaluation {
     pub bundle: PathBuf,
     pub model_id: String,
+    /// The precision the encoder ran in, and why; and the kernels' threads.
+    pub precision: PrecisionChoice,
+    pub threads: usize,
     pub split: String,
     pub images: usize,
     pub beam: usize,
@@ -120,6 +124,8 @@ pub fn evaluate(
         BundleEvaluation {
             bundle: engine.bundle.dir.clone(),
             model_id: m.model_id.clone(),
+            precision: engine.precision().clone(),
+            threads: engine.threads(),
             split: split.to_string(),
             images: ids.len(),
             beam: beam.max(1),

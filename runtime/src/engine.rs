@@ -2,16 +2,25 @@
 //! preprocessed images and decoding captions with the shared search of `caption-proto`.
 //!
 //! This is the one inference path of the edge: `captiond run`, `caption`, `bench` and
-//! `evaluate` use it, and so does the trainer's export to verify a bundle.
+//! `evaluate` use it, and so does the trainer's export to verify a bundle. Graph tensors
+//! are bound by the names of the bundle contract (`caption_proto::manifest`), not by
+//! position; the encoder runs in the precision [`crate::precision`] chooses for this CPU.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use caption_proto::manifest::{Bundle, Manifest, ManifestError};
+use caption_proto::manifest::{
+    Bundle, Manifest, ManifestError, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT,
+};
 use caption_proto::preprocess::{PreprocessError, Preprocessing};
 use caption_proto::search::{beam_search, greedy, Hypothesis, SearchConfig, StepDecoder};
 use caption_proto::text::strip_special;
+use prost::Message;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
+
+use crate::dequantize::{self, DequantizeError};
+use crate::precision::{self, CpuFeatures, Precision, PrecisionChoice};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -19,6 +28,13 @@ pub enum EngineError {
     Manifest(#[from] ManifestError),
     #[error("{path}: cannot load the ONNX graph: {message}")]
     Load { path: PathBuf, message: String },
+    #[error("{path}: cannot make the f32 graph of the int8 encoder: {source}")]
+    Dequantize {
+        path: PathBuf,
+        source: DequantizeError,
+    },
+    #[error("`threads` must be at least 1")]
+    Threads,
     #[error("{path}: {what}, but the manifest field `{field}` says {expected}")]
     Shape {
         path: PathBuf,
@@ -37,7 +53,26 @@ pub enum EngineError {
     MissingToken(&'static str),
 }
 
-type Plan = TypedSimplePlan<TypedModel>;
+type Plan = Arc<TypedSimplePlan>;
+
+/// How to run a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// The encoder's precision; `Auto` picks the fastest verified one for this CPU.
+    pub precision: Precision,
+    /// Threads for tract's matrix kernels (1: the calling thread only).
+    pub threads: usize,
+}
+
+impl Default for EngineOptions {
+    /// `auto` precision on one thread.
+    fn default() -> Self {
+        EngineOptions {
+            precision: Precision::Auto,
+            threads: 1,
+        }
+    }
+}
 
 /// A loaded bundle with its two plans.
 pub struct Engine {
@@ -46,6 +81,9 @@ pub struct Engine {
     decoder: Plan,
     start: u32,
     end: u32,
+    precision: PrecisionChoice,
+    threads: usize,
+    executor: Executor,
 }
 
 /// A decoded caption with its text.
@@ -112,11 +150,42 @@ fn check_shape(
     Ok(())
 }
 
-fn load_typed(path: &Path) -> Result<TypedModel, EngineError> {
-    tract_onnx::onnx()
-        .model_for_path(path)
-        .and_then(|m| m.into_typed())
-        .map_err(|e| load_error(path, e))
+fn read_proto(path: &Path) -> Result<tract_onnx::pb::ModelProto, EngineError> {
+    let bytes = std::fs::read(path).map_err(|e| load_error(path, e))?;
+    tract_onnx::pb::ModelProto::decode(bytes.as_slice()).map_err(|e| load_error(path, e))
+}
+
+/// The encoder graph of a bundle as the engine runs it at `precision` (`Int8`: as stored;
+/// `F32`: dequantised when stored as int8), as ONNX bytes: for running the very same graph
+/// in another runtime (scripts/bench-encoders.sh).
+pub fn encoder_graph(bundle: &Bundle, precision: Precision) -> Result<Vec<u8>, EngineError> {
+    let path = bundle.encoder_path();
+    let proto = read_proto(&path)?;
+    if precision == Precision::F32 && dequantize::is_int8(&proto) {
+        let f32 = dequantize::dequantize(&proto)
+            .map_err(|source| EngineError::Dequantize { path, source })?;
+        return Ok(f32.encode_to_vec());
+    }
+    Ok(proto.encode_to_vec())
+}
+
+/// A graph with its inputs and outputs bound by name, typed.
+fn load_typed(
+    path: &Path,
+    proto: &tract_onnx::pb::ModelProto,
+    inputs: &[&str],
+    outputs: &[&str],
+) -> Result<TypedModel, EngineError> {
+    let mut model = tract_onnx::onnx()
+        .model_for_proto_model(proto)
+        .map_err(|e| load_error(path, e))?;
+    model
+        .set_input_names(inputs)
+        .map_err(|e| load_error(path, format!("binding inputs {inputs:?}: {e:#}")))?;
+    model
+        .select_outputs_by_name(outputs)
+        .map_err(|e| load_error(path, format!("binding outputs {outputs:?}: {e:#}")))?;
+    model.into_typed().map_err(|e| load_error(path, e))
 }
 
 fn optimize(model: TypedModel, path: &Path) -> Result<Plan, EngineError> {
@@ -127,24 +196,35 @@ fn optimize(model: TypedModel, path: &Path) -> Result<Plan, EngineError> {
 }
 
 impl Engine {
-    /// Load and check a bundle directory, then build the optimized plans.
+    /// Load and check a bundle directory with the default [`EngineOptions`].
     pub fn load(dir: &Path) -> Result<Engine, EngineError> {
+        Engine::load_with(dir, &EngineOptions::default())
+    }
+
+    /// Load and check a bundle directory, choose the encoder's precision, then build the
+    /// optimized plans.
+    pub fn load_with(dir: &Path, options: &EngineOptions) -> Result<Engine, EngineError> {
+        if options.threads == 0 {
+            return Err(EngineError::Threads);
+        }
         let bundle = Manifest::load_bundle(dir)?;
         let m = &bundle.manifest;
         let size = m.encoder.preprocessing.size as usize;
 
         let enc_path = bundle.encoder_path();
-        let encoder = load_typed(&enc_path)?;
-        if encoder.inputs.len() != 1 || encoder.outputs.len() != 1 {
-            return Err(load_error(
-                &enc_path,
-                format!(
-                    "expected 1 input and 1 output, found {} and {}",
-                    encoder.inputs.len(),
-                    encoder.outputs.len()
-                ),
-            ));
+        let mut proto = read_proto(&enc_path)?;
+        let choice = precision::choose(
+            options.precision,
+            &CpuFeatures::detect(),
+            dequantize::is_int8(&proto),
+        );
+        if choice.precision == Precision::F32 && dequantize::is_int8(&proto) {
+            proto = dequantize::dequantize(&proto).map_err(|source| EngineError::Dequantize {
+                path: enc_path.clone(),
+                source,
+            })?;
         }
+        let encoder = load_typed(&enc_path, &proto, &[ENCODER_INPUT], &[ENCODER_OUTPUT])?;
         let fact = |model: &TypedModel, outlet: OutletId| {
             model
                 .outlet_fact(outlet)
@@ -169,17 +249,12 @@ impl Engine {
         )?;
 
         let dec_path = bundle.decoder_path();
-        let decoder = load_typed(&dec_path)?;
-        if decoder.inputs.len() != 4 || decoder.outputs.len() != 3 {
-            return Err(load_error(
-                &dec_path,
-                format!(
-                    "expected 4 inputs (features, words, h, c) and 3 outputs, found {} and {}",
-                    decoder.inputs.len(),
-                    decoder.outputs.len()
-                ),
-            ));
-        }
+        let decoder = load_typed(
+            &dec_path,
+            &read_proto(&dec_path)?,
+            &DECODER_INPUTS,
+            &DECODER_OUTPUTS,
+        )?;
         let dfact = |outlet: OutletId| {
             decoder
                 .outlet_fact(outlet)
@@ -227,9 +302,14 @@ impl Engine {
         // the int8 convolutions (its quantized im2col does not take a symbolic batch).
         let encoder = match encoder.symbols.get("batch") {
             Some(batch) => encoder
-                .concretize_dims(&SymbolValues::default().with(&batch, 1))
+                .set_symbols(&SymbolValues::default().with(&batch, 1).to_dim_map())
                 .map_err(|e| load_error(&enc_path, e))?,
             None => encoder,
+        };
+        let executor = if options.threads == 1 {
+            Executor::SingleThread
+        } else {
+            Executor::multithread_with_name(options.threads, "caption-tract")
         };
         Ok(Engine {
             encoder: optimize(encoder, &enc_path)?,
@@ -237,7 +317,30 @@ impl Engine {
             bundle,
             start,
             end,
+            precision: choice,
+            threads: options.threads,
+            executor,
         })
+    }
+
+    /// The precision the encoder runs in, and why it was chosen.
+    pub fn precision(&self) -> &PrecisionChoice {
+        &self.precision
+    }
+
+    /// Threads tract's kernels use.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn run(
+        &self,
+        plan: &Plan,
+        graph: &'static str,
+        inputs: TVec<TValue>,
+    ) -> Result<TVec<TValue>, EngineError> {
+        multithread_tract_scope(self.executor.clone(), || plan.run(inputs))
+            .map_err(|e| run_error(graph, e))
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -269,12 +372,9 @@ impl Engine {
         let s = self.preprocessing().size as usize;
         let input = tract_ndarray::Array4::from_shape_vec((1, 3, s, s), pixels.to_vec())
             .map_err(|e| run_error("encoder", e))?;
-        let out = self
-            .encoder
-            .run(tvec!(Tensor::from(input).into()))
-            .map_err(|e| run_error("encoder", e))?;
+        let out = self.run(&self.encoder, "encoder", tvec!(Tensor::from(input).into()))?;
         let view = out[0]
-            .to_array_view::<f32>()
+            .to_plain_array_view::<f32>()
             .map_err(|e| run_error("encoder", e))?;
         Ok(view.iter().copied().collect())
     }
@@ -404,19 +504,19 @@ impl TractDecoder<'_> {
         };
         let words: Vec<i64> = words.iter().map(|&w| w as i64).collect();
         let words = tract_ndarray::Array1::from_vec(words);
-        let out = self
-            .engine
-            .decoder
-            .run(tvec!(
+        let out = self.engine.run(
+            &self.engine.decoder,
+            "decoder",
+            tvec!(
                 arr2(feats, d)?.into(),
                 Tensor::from(words).into(),
                 arr2(h.to_vec(), hidden)?.into(),
                 arr2(c.to_vec(), hidden)?.into(),
-            ))
-            .map_err(|e| run_error("decoder", e))?;
+            ),
+        )?;
         let flat = |i: usize| -> Result<Vec<f32>, EngineError> {
             Ok(out[i]
-                .to_array_view::<f32>()
+                .to_plain_array_view::<f32>()
                 .map_err(|e| run_error("decoder", e))?
                 .iter()
                 .copied()
