@@ -1,18 +1,17 @@
 //! Which precision the encoder runs in on this CPU.
 //!
-//! A bundle ships one encoder: int8 weights (per output channel) with int8 activation
-//! ranges from calibration. The engine runs it either as stored, through tract's integer
-//! kernels, or dequantised to an f32 graph at load ([`crate::dequantize`]). Which one is
-//! faster depends on the CPU's integer kernels, so the choice is made per CPU from what
-//! was measured (README, "Precision"), never assumed:
+//! A float bundle (the default) always runs in f32. An int8 bundle (int8 weights per output
+//! channel, int8 activation ranges from calibration) runs either as stored, through
+//! tract's integer kernels, or dequantised to an f32 graph at load ([`crate::dequantize`]).
+//! Which is faster depends on the CPU's integer kernels, so `auto` follows what was
+//! measured (tract 0.23.9, Lite0 encoder, README "Precision and threads"), never assumes:
 //!
-//! - x86-64: f32. Measured with tract 0.23.9 on an AMD EPYC with AVX-512 VNNI and on one
-//!   with AVX2 only, the int8 encoder is slower than its dequantised f32 graph on both.
-//! - aarch64 without dot-product (Cortex-A72, Raspberry Pi 4): f32; tract's int8 kernel
-//!   widens through SMLAL and executes more instructions than f32.
-//! - aarch64 with dot-product (Cortex-A76, Raspberry Pi 5): f32 as well: even with tract's
-//!   SDOT kernel the int8 encoder executes more instructions than f32 under qemu, because
-//!   requantisation and the depthwise layers stay outside the integer matmul.
+//! - x86-64 with AVX-512 VNNI: f32 (int8 92.6 ms vs 30.4 ms dequantised, 1 thread);
+//!   x86-64 with AVX2 only: f32 (issue 13's figures: int8 ~205 ms vs f32 50 ms).
+//! - aarch64 without dot-product (Cortex-A72, Raspberry Pi 4): f32 (qemu instruction
+//!   count per encoder run: int8 560 M vs 184 M dequantised).
+//! - aarch64 with dot-product (Cortex-A76, Raspberry Pi 5): f32 as well; even with tract's
+//!   SDOT kernel int8 executes 465 M instructions vs 184 M.
 //!
 //! `[model] precision` (or `--precision`) overrides the choice; `auto` is the default.
 
