@@ -49,9 +49,7 @@ pub struct ModelConfig {
     /// The encoder's precision: `auto` (the fastest verified one for this CPU), `int8`
     /// or `f32` (the bundle's int8 weights dequantised at load).
     pub precision: Precision,
-    /// Threads for the model's matrix kernels; not set: 1 (see the README, "Precision and
-    /// threads": the multi-threaded pool did not start under qemu-user and has not been
-    /// measured on a Pi yet).
+    /// Threads for the model's matrix kernels; not set: all cores.
     pub threads: Option<usize>,
 }
 
@@ -60,7 +58,7 @@ impl ModelConfig {
     pub fn engine_options(&self) -> EngineOptions {
         EngineOptions {
             precision: self.precision,
-            threads: self.threads.unwrap_or(1),
+            threads: self.threads.unwrap_or_else(caption_runtime::all_cores),
         }
     }
 }
@@ -445,7 +443,7 @@ mod tests {
     }
 
     #[test]
-    fn model_threads_default_to_one() {
+    fn model_threads_default_to_all_cores() {
         let p = Path::new("c.toml");
         let c = Config::parse("[model]\nprecision = \"int8\"\nthreads = 2\n", p).unwrap();
         assert_eq!(
@@ -457,6 +455,6 @@ mod tests {
         );
         let d = Config::parse("", p).unwrap().model.engine_options();
         assert_eq!(d.precision, Precision::Auto);
-        assert_eq!(d.threads, 1);
+        assert_eq!(d.threads, caption_runtime::all_cores());
     }
 }

@@ -3,15 +3,15 @@
 //! flushed within `mqtt.shutdown_timeout_s`, `offline` is published).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use caption_proto::mqtt::{CaptionEvent, StageLatency, Stats};
-use caption_proto::preprocess::decode_rgb;
 
 use crate::config::Config;
+use crate::frames::{self, FramePrep, Prepped, Stage};
 use crate::publish::{Message, PublishError, Publisher};
-use crate::source::{self, FrameImage, Next, SourceError};
+use crate::source::SourceError;
 use caption_runtime::{Engine, EngineError};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,24 +27,10 @@ pub enum DaemonError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
-}
-
-/// Side of the grey thumbnail used to compare frames.
-const THUMB: u32 = 32;
-
-fn thumbnail(rgb: &image::RgbImage) -> Vec<u8> {
-    let grey = image::imageops::grayscale(rgb);
-    image::imageops::resize(&grey, THUMB, THUMB, image::imageops::FilterType::Triangle).into_raw()
-}
-
-/// Mean absolute difference of two thumbnails, 0..1.
-pub fn difference(a: &[u8], b: &[u8]) -> f64 {
-    let sum: u64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as i32 - y as i32).unsigned_abs() as u64)
-        .sum();
-    sum as f64 / (a.len().max(1) as f64 * 255.0)
+    #[error("cannot start the frame thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the frame thread stopped before opening the source")]
+    FrameThread,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -105,19 +91,22 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError
     };
     let camera = config.source.name.clone();
     let publisher = Publisher::start(config, &host, port, vec![camera.clone()])?;
-    let mut source = source::open(&config.source)?;
-    tracing::info!("captioning frames from {}", source.describe());
+    // Frames are read and prepared on their own thread, one ahead of the engine.
+    let prep = FramePrep::new(engine.preprocessing().clone(), config.source.skip_similar);
+    let frames = frames::spawn(config.source.clone(), prep, shutdown.clone())
+        .map_err(DaemonError::Thread)?;
+    match frames.recv() {
+        Ok(Stage::Opened(describe)) => tracing::info!("captioning frames from {describe}"),
+        Ok(Stage::Failed(e)) => return Err(e.into()),
+        _ => return Err(DaemonError::FrameThread),
+    }
 
     let started = Instant::now();
-    let interval = Duration::from_millis(config.source.interval_ms);
     let stats_every = Duration::from_secs(config.mqtt.stats_interval_s);
     let mut last_stats = Instant::now();
-    let mut last_capture: Option<Instant> = None;
-    let mut last_thumb: Option<Vec<u8>> = None;
     let mut last_text: Option<String> = None;
     let mut sequence = 0u64;
     let mut counts = Counts::default();
-    let pre = engine.preprocessing().clone();
     let beam = config.model.beam;
     let run_id = started_unix(started);
     let send_stats = |counts: &mut Counts, since: Duration| {
@@ -146,51 +135,28 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError
             send_stats(&mut counts, last_stats.elapsed());
             last_stats = Instant::now();
         }
-        if let Some(t) = last_capture {
-            let wait = interval.saturating_sub(t.elapsed());
-            if !wait.is_zero() {
-                std::thread::sleep(wait.min(Duration::from_millis(100)));
+        let frame = match frames.recv_timeout(Duration::from_millis(100)) {
+            Ok(Stage::Frame(Prepped::Ready(frame))) => frame,
+            Ok(Stage::Frame(Prepped::Bad { origin, reason })) => {
+                counts.skipped += 1;
+                tracing::warn!(frame = %origin, "skipping a bad frame: {reason}");
                 continue;
             }
-        }
-        let frame = match source.next_frame() {
-            Next::Frame(f) => f,
-            Next::Idle => continue,
-            Next::End => {
-                tracing::info!("{} has no more frames", source.describe());
+            Ok(Stage::Frame(Prepped::Similar)) => {
+                counts.similar += 1;
+                continue;
+            }
+            Ok(Stage::End) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                tracing::info!("the source has no more frames");
                 break;
             }
+            Ok(Stage::Opened(_) | Stage::Failed(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {
+                continue
+            }
         };
-        last_capture = Some(Instant::now());
         let this_sequence = sequence;
         sequence += 1;
-        let t_decode = Instant::now();
-        let rgb = match frame.image {
-            FrameImage::Rgb(rgb) => rgb,
-            FrameImage::Encoded(bytes) => {
-                match decode_rgb(&bytes, std::path::Path::new(&frame.origin)) {
-                    Ok(rgb) => rgb,
-                    Err(e) => {
-                        counts.skipped += 1;
-                        tracing::warn!(frame = %frame.origin, "skipping a bad frame: {e}");
-                        continue;
-                    }
-                }
-            }
-        };
-        if config.source.skip_similar > 0.0 {
-            let thumb = thumbnail(&rgb);
-            if let Some(last) = &last_thumb {
-                if difference(last, &thumb) < config.source.skip_similar {
-                    counts.similar += 1;
-                    continue;
-                }
-            }
-            last_thumb = Some(thumb);
-        }
-        let pixels = pre.normalize(&pre.resize(rgb));
-        let decode = t_decode.elapsed();
-        let (caption, times) = match engine.caption_pixels(&pixels, beam, decode) {
+        let (caption, times) = match engine.caption_pixels(&frame.pixels, beam, frame.decode) {
             Ok(r) => r,
             Err(e) => {
                 counts.skipped += 1;
@@ -217,10 +183,10 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError
             sequence: this_sequence,
             latency_ms: StageLatency {
                 capture: ms(frame.capture),
-                decode: ms(decode),
+                decode: ms(frame.decode),
                 encoder: ms(times.encoder),
                 decoder: ms(times.decoder),
-                total: ms(frame.capture + decode + times.encoder + times.decoder),
+                total: ms(frame.capture + frame.decode + times.encoder + times.decoder),
             },
         };
         // Captions also go to stdout, one JSON object per line, for logs and scripts.
@@ -235,6 +201,8 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError
         });
         publisher.send(Message::Caption(Box::new(event)));
     }
+    // The frame thread ends at its next send (the receiver is gone) or shutdown check.
+    drop(frames);
     if !stats_every.is_zero() {
         send_stats(&mut counts, last_stats.elapsed());
     }
@@ -254,24 +222,4 @@ fn started_unix(started: Instant) -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     now.saturating_sub(started.elapsed()).as_secs()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thumbnail_difference_is_zero_for_equal_frames_and_grows_with_change() {
-        let a = image::RgbImage::from_pixel(64, 48, image::Rgb([100, 100, 100]));
-        let mut b = a.clone();
-        for x in 0..32 {
-            for y in 0..48 {
-                b.put_pixel(x, y, image::Rgb([200, 200, 200]));
-            }
-        }
-        let (ta, tb) = (thumbnail(&a), thumbnail(&b));
-        assert_eq!(difference(&ta, &ta), 0.0);
-        let d = difference(&ta, &tb);
-        assert!(d > 0.15 && d < 0.25, "{d}");
-    }
 }

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod config;
 pub mod daemon;
+pub mod frames;
 pub mod publish;
 pub mod source;
 

@@ -19,16 +19,18 @@ struct EngineArgs {
     /// bundle's graph as stored) or f32 (its int8 weights dequantised at load).
     #[arg(long, default_value = "auto")]
     precision: Precision,
-    /// Threads for the model's matrix kernels.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    threads: u64,
+    /// Threads for the model's matrix kernels [default: all cores].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
 }
 
 impl EngineArgs {
     fn options(&self) -> EngineOptions {
         EngineOptions {
             precision: self.precision,
-            threads: self.threads as usize,
+            threads: self
+                .threads
+                .map_or_else(caption_runtime::all_cores, |t| t as usize),
         }
     }
 }
@@ -101,7 +103,7 @@ enum Command {
         /// Encoder precision (auto, int8, f32); repeat to compare.
         #[arg(long, default_values_t = [Precision::Auto])]
         precision: Vec<Precision>,
-        /// Threads for the matrix kernels; repeat to compare [default: 1].
+        /// Threads for the matrix kernels; repeat to compare [default: all cores].
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         threads: Vec<u64>,
         /// Folder of images (jpg, jpeg, png).
@@ -247,7 +249,7 @@ fn main() -> Result<()> {
                 anyhow::bail!("{} holds no .jpg, .jpeg or .png files", images.display());
             }
             let threads: Vec<usize> = if threads.is_empty() {
-                vec![1]
+                vec![caption_runtime::all_cores()]
             } else {
                 threads.iter().map(|&t| t as usize).collect()
             };

@@ -64,12 +64,18 @@ pub struct EngineOptions {
     pub threads: usize,
 }
 
+/// The CPUs this process may run on (1 where the system cannot say): the default number
+/// of kernel threads.
+pub fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl Default for EngineOptions {
-    /// `auto` precision on one thread.
+    /// `auto` precision on all cores.
     fn default() -> Self {
         EngineOptions {
             precision: Precision::Auto,
-            threads: 1,
+            threads: all_cores(),
         }
     }
 }

@@ -11,5 +11,5 @@ pub mod engine;
 pub mod evaluate;
 pub mod precision;
 
-pub use engine::{Caption, Engine, EngineError, EngineOptions, StageTimes};
+pub use engine::{all_cores, Caption, Engine, EngineError, EngineOptions, StageTimes};
 pub use precision::{CpuFeatures, Precision, PrecisionChoice};
