@@ -140,10 +140,46 @@ impl FrameSource for DirectorySource {
     }
 }
 
-/// Splits a byte stream into JPEG images at SOI (`FF D8`) .. EOI (`FF D9`) markers.
-#[derive(Default)]
+/// The largest JPEG the splitter assembles; a longer one (a stream that lost its end
+/// marker) is dropped so that memory stays bounded. A 4K MJPEG frame is a few MB.
+pub const MAX_JPEG_BYTES: usize = 16 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Looking for SOI (`FF D8`); bytes before it are not part of any frame.
+    Seeking,
+    /// Inside a frame, at a marker (`FF xx`).
+    Marker,
+    /// Inside entropy-coded data after SOS, where only `FF 00` and `FF D0..D7` are not
+    /// markers.
+    Entropy,
+}
+
+/// Splits an MJPEG byte stream into its JPEG images by walking their structure: segments
+/// are skipped by their length, so an `FF D9` inside an EXIF thumbnail (APP1) does not end
+/// the frame; each byte is examined once, however the stream is chunked; bytes outside a
+/// frame are discarded at once, and a frame over [`MAX_JPEG_BYTES`] is dropped.
+///
+/// Written by hand: the `image`/`jpeg-decoder` crates decode one complete JPEG, and no
+/// well-kept crate splits a stream of them.
 pub struct MjpegSplitter {
     buf: Vec<u8>,
+    /// Next byte to examine.
+    pos: usize,
+    walk: Walk,
+    /// Frames dropped (too long, or a marker where a marker must be missing).
+    pub dropped: u64,
+}
+
+impl Default for MjpegSplitter {
+    fn default() -> Self {
+        MjpegSplitter {
+            buf: Vec::new(),
+            pos: 0,
+            walk: Walk::Seeking,
+            dropped: 0,
+        }
+    }
 }
 
 impl MjpegSplitter {
@@ -152,24 +188,102 @@ impl MjpegSplitter {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         loop {
-            let Some(start) = self.buf.windows(2).position(|w| w == [0xFF, 0xD8]) else {
-                // Keep a trailing 0xFF: it may start a marker.
-                let keep = usize::from(self.buf.last() == Some(&0xFF));
-                self.buf.drain(..self.buf.len() - keep);
-                break;
-            };
-            let Some(end) = self.buf[start + 2..]
-                .windows(2)
-                .position(|w| w == [0xFF, 0xD9])
-            else {
-                self.buf.drain(..start);
-                break;
-            };
-            let end = start + 2 + end + 2;
-            out.push(self.buf[start..end].to_vec());
-            self.buf.drain(..end);
+            match self.walk {
+                Walk::Seeking => {
+                    let rest = self.buf.get(self.pos..).unwrap_or_default();
+                    match rest.windows(2).position(|w| w == [0xFF, 0xD8]) {
+                        Some(at) => {
+                            // The frame starts the buffer: nothing before it is kept.
+                            self.buf.drain(..self.pos + at);
+                            self.pos = 2;
+                            self.walk = Walk::Marker;
+                        }
+                        None => {
+                            // Keep a trailing 0xFF: it may start the SOI.
+                            let keep = usize::from(self.buf.last() == Some(&0xFF));
+                            self.buf.drain(..self.buf.len() - keep);
+                            self.pos = 0;
+                            return out;
+                        }
+                    }
+                }
+                Walk::Marker => {
+                    let Some(&[ff, marker]) = self.buf.get(self.pos..self.pos + 2) else {
+                        break;
+                    };
+                    if ff != 0xFF {
+                        // A segment's length did not lead to a marker: not a JPEG after all.
+                        self.resync();
+                        continue;
+                    }
+                    match marker {
+                        // Fill byte before a marker.
+                        0xFF => self.pos += 1,
+                        0xD9 => {
+                            let end = self.pos + 2;
+                            out.push(self.buf[..end].to_vec());
+                            self.buf.drain(..end);
+                            self.pos = 0;
+                            self.walk = Walk::Seeking;
+                        }
+                        // A new SOI: the frame before it never ended.
+                        0xD8 => {
+                            self.dropped += 1;
+                            self.buf.drain(..self.pos);
+                            self.pos = 2;
+                        }
+                        // Markers without a length.
+                        0x01 | 0xD0..=0xD7 => self.pos += 2,
+                        _ => {
+                            let Some(&[hi, lo]) = self.buf.get(self.pos + 2..self.pos + 4) else {
+                                break;
+                            };
+                            let length = u16::from_be_bytes([hi, lo]) as usize;
+                            if length < 2 {
+                                self.resync();
+                                continue;
+                            }
+                            self.pos += 2 + length;
+                            if marker == 0xDA {
+                                self.walk = Walk::Entropy;
+                            }
+                        }
+                    }
+                }
+                Walk::Entropy => {
+                    // A segment skipped by its length may end past what has arrived.
+                    let rest = self.buf.get(self.pos..).unwrap_or_default();
+                    let Some(at) = rest.iter().position(|&b| b == 0xFF) else {
+                        self.pos = self.pos.max(self.buf.len());
+                        break;
+                    };
+                    let at = self.pos + at;
+                    match self.buf.get(at + 1) {
+                        None => {
+                            self.pos = at;
+                            break;
+                        }
+                        Some(0x00 | 0xD0..=0xD7) => self.pos = at + 2,
+                        Some(_) => {
+                            self.pos = at;
+                            self.walk = Walk::Marker;
+                        }
+                    }
+                }
+            }
+        }
+        if self.walk != Walk::Seeking && self.buf.len() > MAX_JPEG_BYTES {
+            self.resync();
+            return [out, self.push(&[])].concat();
         }
         out
+    }
+
+    /// Give up the frame being assembled and look for the next SOI after its start.
+    fn resync(&mut self) {
+        self.dropped += 1;
+        self.pos = 2;
+        self.walk = Walk::Seeking;
     }
 }
 
@@ -201,7 +315,16 @@ impl StdinSource {
                         break;
                     }
                 };
-                for jpeg in splitter.push(&buf[..n]) {
+                let dropped = splitter.dropped;
+                let jpegs = splitter.push(&buf[..n]);
+                if splitter.dropped > dropped {
+                    tracing::warn!(
+                        "stdin: dropped {} incomplete or oversized JPEG frame(s) ({} so far)",
+                        splitter.dropped - dropped,
+                        splitter.dropped
+                    );
+                }
+                for jpeg in jpegs {
                     match tx.try_send((jpeg, Instant::now())) {
                         Ok(()) | Err(mpsc::TrySendError::Full(_)) => {}
                         Err(mpsc::TrySendError::Disconnected(_)) => return,
@@ -474,19 +597,94 @@ pub fn open(config: &SourceConfig) -> Result<Box<dyn FrameSource>, SourceError> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn mjpeg_splitter_finds_frames_across_chunks() {
-        let a = [0xFF, 0xD8, 1, 2, 3, 0xFF, 0xD9];
-        let b = [0xFF, 0xD8, 9, 0xFF, 0xD9];
-        let mut stream = vec![7, 7];
-        stream.extend_from_slice(&a);
-        stream.extend_from_slice(&b);
+    /// A minimal structurally valid JPEG: SOI, an APP segment holding `app`, SOS with a
+    /// one-component header, `entropy`, EOI.
+    fn jpeg(app: &[u8], entropy: &[u8]) -> Vec<u8> {
+        let mut v = vec![0xFF, 0xD8, 0xFF, 0xE1];
+        v.extend_from_slice(&((app.len() + 2) as u16).to_be_bytes());
+        v.extend_from_slice(app);
+        v.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 1, 1, 0, 0, 63, 0]);
+        v.extend_from_slice(entropy);
+        v.extend_from_slice(&[0xFF, 0xD9]);
+        v
+    }
+
+    fn split(stream: &[u8], chunk: usize) -> (Vec<Vec<u8>>, MjpegSplitter) {
         let mut s = MjpegSplitter::default();
         let mut frames = Vec::new();
-        for chunk in stream.chunks(3) {
-            frames.extend(s.push(chunk));
+        for c in stream.chunks(chunk) {
+            frames.extend(s.push(c));
         }
-        assert_eq!(frames, vec![a.to_vec(), b.to_vec()]);
+        (frames, s)
+    }
+
+    #[test]
+    fn mjpeg_splitter_finds_frames_across_chunks() {
+        let a = jpeg(b"Exif", &[1, 2, 0xFF, 0x00, 3, 0xFF, 0xD3, 4]);
+        let b = jpeg(b"", &[9]);
+        let mut stream = vec![7, 7, 0xFF];
+        stream.extend_from_slice(&a);
+        stream.extend_from_slice(&[0, 0xFF]);
+        stream.extend_from_slice(&b);
+        for chunk in [1, 2, 3, 7, 1000] {
+            let (frames, s) = split(&stream, chunk);
+            assert_eq!(frames, vec![a.clone(), b.clone()], "chunk {chunk}");
+            assert_eq!(s.dropped, 0);
+        }
+    }
+
+    #[test]
+    fn an_exif_thumbnail_does_not_end_the_frame() {
+        // The APP1 segment holds a whole JPEG thumbnail, EOI included.
+        let thumbnail = jpeg(b"", &[5, 6]);
+        let mut app = b"Exif\0\0".to_vec();
+        app.extend_from_slice(&thumbnail);
+        let frame = jpeg(&app, &[1, 2, 3]);
+        let (frames, _) = split(&frame, 5);
+        assert_eq!(frames, vec![frame]);
+    }
+
+    #[test]
+    fn real_flickr8k_frames_come_out_whole() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/images");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        let stream = originals.concat();
+        let (frames, s) = split(&stream, 4096);
+        assert_eq!(frames.len(), originals.len());
+        assert!(frames == originals);
+        assert_eq!(s.dropped, 0);
+    }
+
+    #[test]
+    fn garbage_and_a_frame_that_never_ends_are_dropped_and_later_frames_pass() {
+        let good = jpeg(b"", &[1, 2, 3]);
+        // Megabytes without a marker, then a frame cut off mid-scan, then a good one.
+        let mut stream = vec![0x55u8; 3 << 20];
+        let mut cut = jpeg(b"", &[]);
+        cut.truncate(cut.len() - 2);
+        cut.extend(std::iter::repeat_n(0x11, 1000));
+        stream.extend_from_slice(&cut);
+        stream.extend_from_slice(&good);
+        let (frames, s) = split(&stream, 1 << 16);
+        assert_eq!(frames, vec![good.clone()]);
+        assert_eq!(s.dropped, 1);
+        assert!(s.buf.is_empty());
+
+        // An endless frame is dropped at the size cap; memory stays bounded.
+        let mut s = MjpegSplitter::default();
+        s.push(&jpeg(b"", &[])[..14]);
+        let chunk = vec![0x22u8; 1 << 20];
+        for _ in 0..(MAX_JPEG_BYTES >> 20) + 2 {
+            assert!(s.push(&chunk).is_empty());
+            assert!(s.buf.len() <= MAX_JPEG_BYTES + chunk.len());
+        }
+        assert_eq!(s.dropped, 1);
+        assert_eq!(s.push(&good), vec![good]);
     }
 
     #[test]

@@ -324,6 +324,85 @@ fn a_folder_of_images_gives_one_event_each_and_retained_topics() {
     );
 }
 
+/// `jpeg` with an APP1 (EXIF-like) segment inserted after its SOI that holds `thumbnail`,
+/// a whole JPEG with its own EOI, as cameras write them.
+fn with_thumbnail(jpeg: &[u8], thumbnail: &[u8]) -> Vec<u8> {
+    let mut app = b"Exif\0\0".to_vec();
+    app.extend_from_slice(thumbnail);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&u16::try_from(app.len() + 2).unwrap().to_be_bytes());
+    out.extend_from_slice(&app);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn an_mjpeg_stream_on_stdin_is_captioned_frame_by_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Mosquitto::start(dir.path(), port, "");
+    let frames = images(dir.path(), 4);
+    let mut jpegs: Vec<Vec<u8>> = (0..4)
+        .map(|i| std::fs::read(frames.join(format!("{i:05}.jpg"))).unwrap())
+        .collect();
+    // Frame 1 carries a thumbnail (frame 3, EOI included) in an APP1 segment.
+    jpegs[1] = with_thumbnail(&jpegs[1], &jpegs[3].clone());
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[source]\nkind = \"stdin\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nstats_interval_s = 0\n"
+        ),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_captiond"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        // Bytes before the first frame and between frames are not frames; a camera
+        // stream is paced, so the reader drops nothing.
+        stdin.write_all(&[0x55; 100_000]).unwrap();
+        for jpeg in &jpegs {
+            for chunk in jpeg.chunks(4096) {
+                stdin.write_all(chunk).unwrap();
+            }
+            stdin.write_all(b"\x00\x00").unwrap();
+            stdin.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+    } // closing stdin ends the stream, and the daemon
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("skipping a bad frame"), "{stderr}");
+    let events: Vec<CaptionEvent> = std::fs::read_to_string(dir.path().join("stdout.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one event per line"))
+        .collect();
+    assert_eq!(events.len(), 4, "{stderr}");
+    let captions: Vec<&str> = events.iter().map(|e| e.caption.as_str()).collect();
+    // Each frame gets its own caption: the same as `captiond caption` gives the file.
+    let out = Command::new(env!("CARGO_BIN_EXE_captiond"))
+        .args(["caption", "--bundle"])
+        .arg(workspace().join("models/flickr8k-lite0-f16"))
+        .args((0..4).map(|i| frames.join(format!("{i:05}.jpg"))))
+        .output()
+        .unwrap();
+    let expected: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(captions, expected);
+}
+
 #[test]
 fn sigterm_publishes_offline_and_exits_zero_and_sigkill_triggers_the_last_will() {
     let dir = tempfile::tempdir().unwrap();
