@@ -60,9 +60,11 @@ pub fn start(listen: SocketAddr) -> Result<(), BrokerError> {
             tracing::error!("embedded broker stopped: {e}");
         }
     });
-    // Wait until it accepts connections.
+    // Wait until it listens. Not by connecting: rumqttd logs a connection that ends
+    // right away (even a clean MQTT session) as an error, which looked like a failure at
+    // every start.
     for _ in 0..200 {
-        if std::net::TcpStream::connect(listen).is_ok() {
+        if listening(listen) {
             tracing::info!("embedded MQTT broker listening on {listen}");
             return Ok(());
         }
@@ -72,4 +74,27 @@ pub fn start(listen: SocketAddr) -> Result<(), BrokerError> {
         listen,
         problem: "it did not start accepting connections within 2 s".into(),
     })
+}
+
+/// Whether a socket listens on `addr`, from the kernel's socket table (/proc/net/tcp,
+/// tcp6): state 0A is LISTEN; addresses are hex, IPv4 in host byte order.
+#[cfg(target_os = "linux")]
+fn listening(addr: SocketAddr) -> bool {
+    let port = format!("{:04X}", addr.port());
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 3
+                    && fields[3] == "0A"
+                    && fields[1].rsplit(':').next() == Some(port.as_str())
+            })
+        })
+    })
+}
+
+/// Elsewhere: a TCP connection (rumqttd may log it as an error).
+#[cfg(not(target_os = "linux"))]
+fn listening(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect(addr).is_ok()
 }

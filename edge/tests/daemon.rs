@@ -404,6 +404,51 @@ fn an_mjpeg_stream_on_stdin_is_captioned_frame_by_frame() {
 }
 
 #[test]
+fn the_embedded_broker_as_the_main_job_runs_it_serves_subscribers_and_starts_without_errors() {
+    // examples/demo.toml (scripts/main.sh) on a free port and an empty watched folder.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let watched = dir.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    let demo = std::fs::read_to_string(workspace().join("examples/demo.toml")).unwrap();
+    let demo = demo
+        .replace("\"models/", &format!("\"{}/models/", workspace().display()))
+        .replace("\"examples/images\"", &format!("\"{}\"", watched.display()))
+        .replace("127.0.0.1:1883", &format!("127.0.0.1:{port}"));
+    let cfg = dir.path().join("demo.toml");
+    std::fs::write(&cfg, demo).unwrap();
+    let mut child = daemon(&cfg);
+    // The subscriber retries until the daemon's broker is up.
+    let seen = subscribe(port, "sub-embedded");
+    let frames = images(dir.path(), 3);
+    for i in 0..3 {
+        let name = format!("{i:05}.jpg");
+        std::fs::copy(frames.join(&name), watched.join(&name)).unwrap();
+    }
+    let topic = "captiond/demo/main/caption";
+    seen.wait_for("3 captions", Duration::from_secs(60), |s| {
+        s.payloads(topic).len() >= 3
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(
+        stderr.contains("embedded MQTT broker listening"),
+        "{stderr}"
+    );
+    // No error at start (rumqttd may log one when the process stops under it).
+    let start = stderr.split("captioning frames from").next().unwrap();
+    assert!(
+        !start.contains("ERROR"),
+        "the start holds an error:\n{stderr}"
+    );
+    for payload in seen.payloads(topic) {
+        let event: CaptionEvent = serde_json::from_str(&payload).unwrap();
+        assert!(!event.caption.is_empty());
+    }
+}
+
+#[test]
 fn sigterm_publishes_offline_and_exits_zero_and_sigkill_triggers_the_last_will() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
