@@ -6,6 +6,8 @@
 #   scripts/ensure-system-deps.sh          the x86-64 build and tests
 #   scripts/ensure-system-deps.sh --pi     also the Raspberry Pi cross-build and its checks
 #                                          (scripts/build-aarch64.sh, scripts/check-aarch64.sh)
+#                                          and headless Chromium for the status page test
+#                                          (the whole test suite, scripts/test.sh)
 set -euo pipefail
 missing=()
 command -v g++ >/dev/null || missing+=(g++)               # torch-sys compiles its C++ shim
@@ -29,6 +31,8 @@ if [[ "${1:-}" == "--pi" ]]; then
   command -v qemu-aarch64 >/dev/null || missing+=(qemu-user)
   command -v file >/dev/null || missing+=(file)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
+  # edge/tests/http.rs opens the status page in it (81 MB download; 14 s to install here).
+  command -v chromium >/dev/null || missing+=(chromium)
 fi
 if ((${#missing[@]})); then
   echo "ensure-system-deps: installing ${missing[*]}" >&2

@@ -37,6 +37,62 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// The embedded broker, used when `mqtt.host` is not set.
     pub embedded_broker: EmbeddedBrokerConfig,
+    /// The status page and HTTP API (off unless `listen` is set).
+    pub http: HttpConfig,
+    /// The captioned frame as a JPEG: MQTT snapshots and the page's picture.
+    pub snapshot: SnapshotConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the status page and HTTP API, e.g. `127.0.0.1:8080`; not set: no server.
+    pub listen: Option<String>,
+    /// A bearer token every endpoint but `/metrics` then requires.
+    pub token: Option<String>,
+    /// A file holding the token (e.g. a systemd credential), instead of `token`.
+    pub token_file: Option<PathBuf>,
+    /// Largest `POST /api/caption` body in bytes; larger gets 413.
+    pub max_body_bytes: usize,
+    /// `POST /api/caption` requests admitted at once (one runs, the rest wait); more get
+    /// 503 with `Retry-After`.
+    pub queue: usize,
+    /// Captions kept per camera for the page and `/api/cameras/<name>/captions`.
+    pub history: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Publish `<prefix>/<camera>/snapshot` (retained JPEG) with each published caption.
+    pub mqtt: bool,
+    /// Longest side of the snapshot in pixels (frames are never enlarged).
+    pub max_side: u32,
+    /// JPEG quality, 1 to 100.
+    pub quality: u8,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            token: None,
+            token_file: None,
+            max_body_bytes: 8 << 20,
+            queue: 4,
+            history: 50,
+        }
+    }
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            mqtt: true,
+            max_side: 640,
+            quality: 80,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +250,8 @@ impl Default for Config {
             source: SourceConfig::default(),
             mqtt: MqttConfig::default(),
             embedded_broker: EmbeddedBrokerConfig::default(),
+            http: HttpConfig::default(),
+            snapshot: SnapshotConfig::default(),
         }
     }
 }
@@ -308,6 +366,31 @@ impl Config {
             .unwrap_or_else(|| format!("captiond-{}", self.device_id))
     }
 
+    /// The HTTP bearer token in effect: `http.token`, or the trimmed content of
+    /// `http.token_file`.
+    pub fn http_token(&self, origin: &Path) -> Result<Option<String>, ConfigError> {
+        match (&self.http.token, &self.http.token_file) {
+            (Some(t), _) => Ok(Some(t.clone())),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Field {
+                    path: origin.to_owned(),
+                    field: "http.token_file".into(),
+                    problem: format!("cannot read {}: {e}", file.display()),
+                })?;
+                let token = text.trim().to_owned();
+                if token.is_empty() {
+                    return Err(ConfigError::Field {
+                        path: origin.to_owned(),
+                        field: "http.token_file".into(),
+                        problem: format!("{} is empty", file.display()),
+                    });
+                }
+                Ok(Some(token))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
     pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
         let err = |field: &str, problem: String| ConfigError::Field {
             path: origin.to_owned(),
@@ -383,6 +466,46 @@ impl Config {
                 ));
             }
         }
+        if let Some(listen) = &self.http.listen {
+            listen.parse::<std::net::SocketAddr>().map_err(|e| {
+                err(
+                    "http.listen",
+                    format!("{e}: expected an address such as 127.0.0.1:8080"),
+                )
+            })?;
+        }
+        if self.http.token.is_some() && self.http.token_file.is_some() {
+            return Err(err(
+                "http.token_file",
+                "set either http.token or http.token_file, not both".into(),
+            ));
+        }
+        if self
+            .http
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(err("http.token", "expected a non-empty token".into()));
+        }
+        if self.http.max_body_bytes < 1024 {
+            return Err(err("http.max_body_bytes", "expected at least 1024".into()));
+        }
+        if self.http.queue == 0 {
+            return Err(err("http.queue", "expected at least 1".into()));
+        }
+        if self.http.history == 0 {
+            return Err(err("http.history", "expected at least 1".into()));
+        }
+        if self.snapshot.max_side < 16 {
+            return Err(err(
+                "snapshot.max_side",
+                "expected at least 16 pixels".into(),
+            ));
+        }
+        if !(1..=100).contains(&self.snapshot.quality) {
+            return Err(err("snapshot.quality", "expected 1 to 100".into()));
+        }
         if self.mqtt.host.is_none() {
             self.embedded_broker
                 .listen
@@ -410,6 +533,35 @@ mod tests {
         // The example spells out a device id; everything else is the default.
         example.device_id = defaults.device_id.clone();
         assert_eq!(example, defaults);
+    }
+
+    #[test]
+    fn http_and_snapshot_fields_are_checked() {
+        let p = Path::new("c.toml");
+        let msg = |text: &str| Config::parse(text, p).unwrap_err().to_string();
+        assert!(msg("[http]\nlisten = \"localhost\"\n").contains("http.listen"));
+        assert!(msg("[http]\ntoken = \"a\"\ntoken_file = \"/x\"\n").contains("not both"));
+        assert!(msg("[http]\nqueue = 0\n").contains("http.queue"));
+        assert!(msg("[snapshot]\nquality = 0\n").contains("snapshot.quality"));
+        assert!(msg("[snapshot]\nmax_side = 8\n").contains("snapshot.max_side"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let c = Config::parse(
+            &format!(
+                "[http]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+                file.display()
+            ),
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.http_token(p).unwrap().as_deref(), Some("s3cret"));
+        std::fs::write(&file, "\n").unwrap();
+        assert!(c
+            .http_token(p)
+            .unwrap_err()
+            .to_string()
+            .contains("is empty"));
     }
 
     #[test]

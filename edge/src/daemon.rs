@@ -1,16 +1,19 @@
-//! `captiond run`: frames from the configured source → captions → MQTT, until the source
-//! ends or SIGINT/SIGTERM asks to stop (the caption in flight is finished, the queue is
-//! flushed within `mqtt.shutdown_timeout_s`, `offline` is published).
+//! `captiond run`: frames from the configured source → captions → MQTT (and the status
+//! page / HTTP API when `[http] listen` is set), until the source ends or SIGINT/SIGTERM
+//! asks to stop (the caption in flight is finished, the queue is flushed within
+//! `mqtt.shutdown_timeout_s`, `offline` is published). Commands on
+//! `<prefix>/<camera>/command` pause, resume, caption now or change the interval.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use caption_proto::mqtt::{CaptionEvent, StageLatency, Stats};
+use caption_proto::mqtt::{CaptionEvent, Command, CommandResult, StageLatency, Stats};
 
 use crate::config::Config;
 use crate::frames::{self, FramePrep, Prepped, Stage};
-use crate::publish::{Message, PublishError, Publisher};
+use crate::hub::{Hub, Summary};
+use crate::publish::{Incoming, Message, PublishError, Publisher};
 use crate::source::SourceError;
 use caption_runtime::{Engine, EngineError};
 
@@ -27,6 +30,8 @@ pub enum DaemonError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     #[error("cannot start the frame thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error("the frame thread stopped before opening the source")]
@@ -37,18 +42,73 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-#[derive(Default)]
-struct Counts {
-    captions: u64,
-    skipped: u64,
-    similar: u64,
-    unchanged: u64,
-    interval_captions: u64,
-    interval_inference_ms: f64,
+/// The JPEG of a snapshot.
+pub fn encode_jpeg(rgb: &image::RgbImage, quality: u8) -> Result<Vec<u8>, image::ImageError> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).encode_image(rgb)?;
+    Ok(out)
 }
 
-/// Run the daemon until the source ends or `shutdown` is set.
-pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError> {
+/// Pause state of the camera, driven by commands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Control {
+    pub paused: bool,
+    /// Caption (and publish) the next frame even while paused.
+    pub caption_now: bool,
+}
+
+impl Control {
+    /// Apply a command; the message says what was done. `interval_ms` is the source's.
+    pub fn apply(&mut self, command: Command, interval_ms: &AtomicU64) -> String {
+        match command {
+            Command::CaptionNow => {
+                self.caption_now = true;
+                "the next frame will be captioned".into()
+            }
+            Command::Pause => {
+                self.paused = true;
+                "paused".into()
+            }
+            Command::Resume => {
+                self.paused = false;
+                "resumed".into()
+            }
+            Command::Interval { interval_ms: n } => {
+                interval_ms.store(n, Ordering::Relaxed);
+                format!("interval_ms set to {n}")
+            }
+        }
+    }
+
+    /// Whether a ready frame is captioned; takes a pending `caption_now`.
+    pub fn admit(&mut self) -> Admit {
+        if self.caption_now {
+            self.caption_now = false;
+            Admit::Forced
+        } else if self.paused {
+            Admit::Paused
+        } else {
+            Admit::Normal
+        }
+    }
+}
+
+/// What [`Control::admit`] decided for a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Normal,
+    /// `caption_now`: captioned and published whatever `publish_on_change` says.
+    Forced,
+    Paused,
+}
+
+/// Run the daemon until the source ends or `shutdown` is set; `http_token` is
+/// `[http]`'s token in effect (`Config::http_token`).
+pub fn run(
+    config: &Config,
+    http_token: Option<String>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), DaemonError> {
     let bundle = &config.model.bundle;
     let engine = Engine::load_with(bundle, &config.model.engine_options()).map_err(|source| {
         DaemonError::Engine {
@@ -56,6 +116,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError
             source: Box::new(source),
         }
     })?;
+    let engine = Arc::new(engine);
     let model_id = engine.manifest().model_id.clone();
     tracing::info!(
         "model {model_id} from {} ({} encoder, {} on {} thread(s): {})",
@@ -90,41 +151,96 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError
         }
     };
     let camera = config.source.name.clone();
-    let publisher = Publisher::start(config, &host, port, vec![camera.clone()])?;
+    let (command_tx, commands) = mpsc::channel::<Incoming>();
+    let publisher = Publisher::start(config, &host, port, vec![camera.clone()], command_tx)?;
+    let hub = Arc::new(Hub::new(
+        Summary {
+            device_id: config.device_id.clone(),
+            model_id: model_id.clone(),
+            encoder: engine.manifest().encoder.name.clone(),
+            precision: engine.precision().precision.to_string(),
+            precision_reason: engine.precision().reason.clone(),
+            threads: engine.threads(),
+            beam: config.model.beam,
+            source: format!("{:?}", config.source.kind).to_lowercase(),
+            interval_ms: config.source.interval_ms,
+            topic_prefix: config.topic_prefix(),
+            broker: format!("{host}:{port}"),
+            version: crate::version().into(),
+        },
+        publisher.counters.clone(),
+        std::slice::from_ref(&camera),
+        config.http.history,
+    ));
+    let inference_lock = Arc::new(Mutex::new(()));
+    if let Some(listen) = &config.http.listen {
+        crate::http::start(
+            crate::http::Settings {
+                listen: listen.parse().expect("validated by Config::validate"),
+                token: http_token,
+                max_body_bytes: config.http.max_body_bytes,
+                queue: config.http.queue,
+                history: config.http.history,
+            },
+            hub.clone(),
+            crate::http::Inference {
+                engine: engine.clone(),
+                lock: inference_lock.clone(),
+                beam: config.model.beam,
+            },
+        )?;
+    }
+    // Snapshots are made when someone can see them: over MQTT or on the page.
+    let snapshots = config.snapshot.mqtt || config.http.listen.is_some();
     // Frames are read and prepared on their own thread, one ahead of the engine.
-    let prep = FramePrep::new(engine.preprocessing().clone(), config.source.skip_similar);
-    let frames = frames::spawn(config.source.clone(), prep, shutdown.clone())
-        .map_err(DaemonError::Thread)?;
+    let mut prep = FramePrep::new(engine.preprocessing().clone(), config.source.skip_similar);
+    if snapshots {
+        prep = prep.with_snapshots(config.snapshot.max_side);
+    }
+    let interval_ms = Arc::new(AtomicU64::new(config.source.interval_ms));
+    let frames = frames::spawn(
+        config.source.clone(),
+        prep,
+        interval_ms.clone(),
+        shutdown.clone(),
+    )
+    .map_err(DaemonError::Thread)?;
     match frames.recv() {
         Ok(Stage::Opened(describe)) => tracing::info!("captioning frames from {describe}"),
         Ok(Stage::Failed(e)) => return Err(e.into()),
         _ => return Err(DaemonError::FrameThread),
     }
+    let mut control = Control::default();
+    publisher.send(Message::Paused {
+        camera: camera.clone(),
+        paused: false,
+    });
 
     let started = Instant::now();
     let stats_every = Duration::from_secs(config.mqtt.stats_interval_s);
     let mut last_stats = Instant::now();
     let mut last_text: Option<String> = None;
     let mut sequence = 0u64;
-    let mut counts = Counts::default();
+    // Captions and inference milliseconds since the last stats message.
+    let mut window = (0u64, 0.0f64);
     let beam = config.model.beam;
     let run_id = started_unix(started);
-    let send_stats = |counts: &mut Counts, since: Duration| {
+    let counts = &hub.frames;
+    let send_stats = |window: &mut (u64, f64), since: Duration| {
         let c = &publisher.counters;
         let stats = Stats {
-            fps: counts.interval_captions as f64 / since.as_secs_f64().max(1e-9),
-            inference_ms: counts.interval_inference_ms / counts.interval_captions.max(1) as f64,
+            fps: window.0 as f64 / since.as_secs_f64().max(1e-9),
+            inference_ms: window.1 / window.0.max(1) as f64,
             queue_depth: c.queued.load(Ordering::Relaxed),
             dropped_frames: c.dropped.load(Ordering::Relaxed),
-            skipped_frames: counts.skipped,
-            similar_frames: counts.similar,
-            unchanged_captions: counts.unchanged,
-            captions: counts.captions,
+            skipped_frames: counts.skipped.load(Ordering::Relaxed),
+            similar_frames: counts.similar.load(Ordering::Relaxed),
+            unchanged_captions: counts.unchanged.load(Ordering::Relaxed),
+            captions: counts.captions.load(Ordering::Relaxed),
             connected: c.connected.load(Ordering::Relaxed),
             uptime_s: started.elapsed().as_secs_f64(),
         };
-        counts.interval_captions = 0;
-        counts.interval_inference_ms = 0.0;
+        *window = (0, 0.0);
         let json = serde_json::to_string(&stats).expect("stats serialise");
         tracing::debug!("stats {json}");
         publisher.send(Message::Stats(json));
@@ -132,46 +248,89 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError
 
     while !shutdown.load(Ordering::Relaxed) {
         if !stats_every.is_zero() && last_stats.elapsed() >= stats_every {
-            send_stats(&mut counts, last_stats.elapsed());
+            send_stats(&mut window, last_stats.elapsed());
             last_stats = Instant::now();
+        }
+        while let Ok(Incoming {
+            camera: cam,
+            payload,
+        }) = commands.try_recv()
+        {
+            let result = match Command::parse(&payload) {
+                Ok(command) => {
+                    let was_paused = control.paused;
+                    let message = control.apply(command, &interval_ms);
+                    tracing::info!("command {} on {cam}: {message}", command.name());
+                    if control.paused != was_paused {
+                        hub.set_paused(&cam, control.paused);
+                        publisher.send(Message::Paused {
+                            camera: cam.clone(),
+                            paused: control.paused,
+                        });
+                    }
+                    CommandResult {
+                        command: command.name().into(),
+                        ok: true,
+                        message,
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!("command on {cam} refused: {reason}");
+                    CommandResult {
+                        command: String::from_utf8_lossy(&payload).chars().take(64).collect(),
+                        ok: false,
+                        message: reason,
+                    }
+                }
+            };
+            publisher.send(Message::CommandResult {
+                camera: cam,
+                json: serde_json::to_string(&result).expect("results serialise"),
+            });
         }
         let frame = match frames.recv_timeout(Duration::from_millis(100)) {
             Ok(Stage::Frame(Prepped::Ready(frame))) => frame,
             Ok(Stage::Frame(Prepped::Bad { origin, reason })) => {
-                counts.skipped += 1;
+                counts.skipped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(frame = %origin, "skipping a bad frame: {reason}");
                 continue;
             }
             Ok(Stage::Frame(Prepped::Similar)) => {
-                counts.similar += 1;
+                counts.similar.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             Ok(Stage::End) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                tracing::info!("the source has no more frames");
+                if !shutdown.load(Ordering::Relaxed) {
+                    tracing::info!("the source has no more frames");
+                }
                 break;
             }
             Ok(Stage::Opened(_) | Stage::Failed(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {
                 continue
             }
         };
+        let admit = control.admit();
+        if admit == Admit::Paused {
+            counts.paused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let this_sequence = sequence;
         sequence += 1;
-        let (caption, times) = match engine.caption_pixels(&frame.pixels, beam, frame.decode) {
+        let result = {
+            let _one_at_a_time = inference_lock.lock().unwrap_or_else(|e| e.into_inner());
+            engine.caption_pixels(&frame.pixels, beam, frame.decode)
+        };
+        let (caption, times) = match result {
             Ok(r) => r,
             Err(e) => {
-                counts.skipped += 1;
+                counts.skipped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(frame = %frame.origin, "captioning failed: {e}");
                 continue;
             }
         };
-        counts.captions += 1;
-        counts.interval_captions += 1;
-        counts.interval_inference_ms += ms(times.encoder + times.decoder);
-        if config.source.publish_on_change && last_text.as_deref() == Some(caption.text.as_str()) {
-            counts.unchanged += 1;
-            continue;
-        }
-        last_text = Some(caption.text.clone());
+        counts.captions.fetch_add(1, Ordering::Relaxed);
+        window.0 += 1;
+        window.1 += ms(times.encoder + times.decoder);
         let timestamp = humantime::format_rfc3339_millis(frame.captured_at).to_string();
         let event = CaptionEvent {
             id: format!("{camera}-{run_id}-{this_sequence}"),
@@ -189,27 +348,53 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>) -> Result<(), DaemonError
                 total: ms(frame.capture + frame.decode + times.encoder + times.decoder),
             },
         };
-        // Captions also go to stdout, one JSON object per line, for logs and scripts.
-        println!(
-            "{}",
-            serde_json::to_string(&event).expect("events serialise")
-        );
+        hub.observe(&event);
+        if admit == Admit::Normal
+            && config.source.publish_on_change
+            && last_text.as_deref() == Some(caption.text.as_str())
+        {
+            counts.unchanged.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        last_text = Some(caption.text.clone());
+        let snapshot = match &frame.snapshot {
+            Some(rgb) => match encode_jpeg(rgb, config.snapshot.quality) {
+                Ok(jpeg) => Some(Arc::new(jpeg)),
+                Err(e) => {
+                    tracing::warn!(frame = %frame.origin, "cannot encode the snapshot: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        hub.published(&event, snapshot.clone());
         tracing::info!(frame = %frame.origin, "{}", caption.text);
         publisher.send(Message::State {
             camera: camera.clone(),
             text: caption.text,
         });
+        if let (Some(jpeg), true) = (snapshot, config.snapshot.mqtt) {
+            publisher.send(Message::Snapshot {
+                camera: camera.clone(),
+                jpeg,
+            });
+        }
+        // Captions also go to stdout, one JSON object per line, for logs and scripts.
+        println!(
+            "{}",
+            serde_json::to_string(&event).expect("events serialise")
+        );
         publisher.send(Message::Caption(Box::new(event)));
     }
     // The frame thread ends at its next send (the receiver is gone) or shutdown check.
     drop(frames);
     if !stats_every.is_zero() {
-        send_stats(&mut counts, last_stats.elapsed());
+        send_stats(&mut window, last_stats.elapsed());
     }
     tracing::info!(
         "stopping: {} captions, {} bad frames skipped; flushing the queue",
-        counts.captions,
-        counts.skipped
+        counts.captions.load(Ordering::Relaxed),
+        counts.skipped.load(Ordering::Relaxed)
     );
     publisher.finish();
     Ok(())
@@ -222,4 +407,34 @@ fn started_unix(started: Instant) -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     now.saturating_sub(started.elapsed()).as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caption_now_while_paused_admits_exactly_one_frame() {
+        let interval = AtomicU64::new(0);
+        let mut c = Control::default();
+        assert_eq!(c.admit(), Admit::Normal);
+        assert_eq!(c.apply(Command::Pause, &interval), "paused");
+        assert_eq!(c.admit(), Admit::Paused);
+        c.apply(Command::CaptionNow, &interval);
+        assert_eq!(c.admit(), Admit::Forced);
+        assert_eq!(c.admit(), Admit::Paused);
+        c.apply(Command::Resume, &interval);
+        assert_eq!(c.admit(), Admit::Normal);
+        c.apply(Command::Interval { interval_ms: 750 }, &interval);
+        assert_eq!(interval.load(Ordering::Relaxed), 750);
+    }
+
+    #[test]
+    fn snapshots_encode_as_decodable_jpeg() {
+        let rgb = image::RgbImage::from_pixel(32, 24, image::Rgb([10, 200, 30]));
+        let jpeg = encode_jpeg(&rgb, 80).unwrap();
+        assert_eq!(&jpeg[..2], [0xFF, 0xD8]);
+        let back = image::load_from_memory(&jpeg).unwrap();
+        assert_eq!((back.width(), back.height()), (32, 24));
+    }
 }

@@ -8,7 +8,7 @@
 //! for the engine, so a slow model drops nothing and reads the source no faster than it
 //! captions.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -47,6 +47,8 @@ pub struct Prepared {
     pub decode: Duration,
     /// The normalised encoder input.
     pub pixels: Vec<f32>,
+    /// The frame downscaled for snapshots (when asked for).
+    pub snapshot: Option<image::RgbImage>,
 }
 
 /// What became of one frame.
@@ -67,6 +69,21 @@ pub struct FramePrep {
     pre: Preprocessing,
     skip_similar: f64,
     last_thumb: Option<Vec<u8>>,
+    snapshot_side: Option<u32>,
+}
+
+/// `rgb` with its longest side at most `side` (never enlarged).
+pub fn downscale(rgb: &image::RgbImage, side: u32) -> image::RgbImage {
+    let (w, h) = rgb.dimensions();
+    if w.max(h) <= side {
+        return rgb.clone();
+    }
+    let scale = side as f64 / w.max(h) as f64;
+    let (nw, nh) = (
+        ((w as f64 * scale).round() as u32).max(1),
+        ((h as f64 * scale).round() as u32).max(1),
+    );
+    image::imageops::resize(rgb, nw, nh, image::imageops::FilterType::Triangle)
 }
 
 impl FramePrep {
@@ -75,7 +92,14 @@ impl FramePrep {
             pre,
             skip_similar,
             last_thumb: None,
+            snapshot_side: None,
         }
+    }
+
+    /// Also keep each frame downscaled to at most `side` pixels, for snapshots.
+    pub fn with_snapshots(mut self, side: u32) -> FramePrep {
+        self.snapshot_side = Some(side);
+        self
     }
 
     pub fn prepare(&mut self, frame: source::Frame) -> Prepped {
@@ -103,6 +127,7 @@ impl FramePrep {
             }
             self.last_thumb = Some(thumb);
         }
+        let snapshot = self.snapshot_side.map(|side| downscale(&rgb, side));
         let pixels = self.pre.normalize(&self.pre.resize(rgb));
         Prepped::Ready(Prepared {
             origin: frame.origin,
@@ -110,6 +135,7 @@ impl FramePrep {
             capture: frame.capture,
             decode: started.elapsed(),
             pixels,
+            snapshot,
         })
     }
 }
@@ -126,11 +152,12 @@ pub enum Stage {
 }
 
 /// Open the source on a new thread and prepare its frames there, at most one per
-/// `interval` (measured between captures), until the source ends, `shutdown` is set, or the
-/// receiver is dropped.
+/// `interval_ms` (measured between captures; read before each frame, so a command can
+/// change it), until the source ends, `shutdown` is set, or the receiver is dropped.
 pub fn spawn(
     config: SourceConfig,
     prep: FramePrep,
+    interval_ms: Arc<AtomicU64>,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<mpsc::Receiver<Stage>> {
     let (tx, rx) = mpsc::sync_channel(0);
@@ -145,13 +172,7 @@ pub fn spawn(
                 }
             };
             if tx.send(Stage::Opened(source.describe())).is_ok() {
-                run(
-                    source,
-                    prep,
-                    Duration::from_millis(config.interval_ms),
-                    &shutdown,
-                    &tx,
-                );
+                run(source, prep, &interval_ms, &shutdown, &tx);
             }
         })?;
     Ok(rx)
@@ -160,13 +181,14 @@ pub fn spawn(
 fn run(
     mut source: Box<dyn FrameSource>,
     mut prep: FramePrep,
-    interval: Duration,
+    interval_ms: &AtomicU64,
     shutdown: &AtomicBool,
     tx: &mpsc::SyncSender<Stage>,
 ) {
     let mut last_capture: Option<Instant> = None;
     while !shutdown.load(Ordering::Relaxed) {
         if let Some(t) = last_capture {
+            let interval = Duration::from_millis(interval_ms.load(Ordering::Relaxed));
             let wait = interval.saturating_sub(t.elapsed());
             if !wait.is_zero() {
                 std::thread::sleep(wait.min(Duration::from_millis(100)));
@@ -254,6 +276,20 @@ mod tests {
             }
             _ => panic!("garbage must be reported as a bad frame"),
         }
+    }
+
+    #[test]
+    fn snapshots_keep_the_aspect_and_are_never_enlarged() {
+        let rgb = image::RgbImage::new(640, 480);
+        assert_eq!(downscale(&rgb, 320).dimensions(), (320, 240));
+        assert_eq!(downscale(&rgb, 1000).dimensions(), (640, 480));
+        let tall = image::RgbImage::new(100, 400);
+        assert_eq!(downscale(&tall, 200).dimensions(), (50, 200));
+        let mut prep = FramePrep::new(pre(), 0.0).with_snapshots(8);
+        let Prepped::Ready(p) = prep.prepare(frame(grey(9))) else {
+            panic!("ready");
+        };
+        assert_eq!(p.snapshot.unwrap().dimensions(), (8, 6));
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod broker;
 pub mod config;
 pub mod daemon;
 pub mod frames;
+pub mod http;
+pub mod hub;
 pub mod publish;
 pub mod source;
 

@@ -163,17 +163,22 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
-            let config = match &config {
+            let cfg = match &config {
                 Some(path) => Config::load(path)?,
                 None => Config::default(),
             };
-            init_logging(&config.log_level);
+            init_logging(&cfg.log_level);
             let shutdown = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(signal, shutdown.clone())
                     .context("installing the signal handlers")?;
             }
-            caption_edge::daemon::run(&config, shutdown)?;
+            let token = match &config {
+                _ if cfg.http.listen.is_none() => None,
+                Some(path) => cfg.http_token(path)?,
+                None => None,
+            };
+            caption_edge::daemon::run(&cfg, token, shutdown)?;
         }
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;

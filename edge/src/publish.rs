@@ -42,6 +42,27 @@ pub enum Message {
     },
     /// A stats JSON payload.
     Stats(String),
+    /// The captioned frame as a JPEG (retained `<camera>/snapshot`).
+    Snapshot {
+        camera: String,
+        jpeg: Arc<Vec<u8>>,
+    },
+    /// Whether captioning is paused (retained `<camera>/paused`).
+    Paused {
+        camera: String,
+        paused: bool,
+    },
+    /// A command's result (`<camera>/command/result`).
+    CommandResult {
+        camera: String,
+        json: String,
+    },
+}
+
+/// A payload received on a camera's command topic.
+pub struct Incoming {
+    pub camera: String,
+    pub payload: Vec<u8>,
 }
 
 /// Counters shared with the daemon (stats).
@@ -104,31 +125,77 @@ pub fn mqtt_options(config: &Config, host: &str, port: u16) -> Result<MqttOption
     Ok(o)
 }
 
-/// The Home Assistant discovery config of a camera's caption sensor.
-pub fn discovery(config: &Config, camera: &str) -> Result<(String, String), PublishError> {
+/// The Home Assistant discovery configs of a camera, `(topic, payload)`: the caption
+/// sensor, the snapshot image (when snapshots are published), a "Caption now" button and a
+/// "Captioning" switch.
+pub fn discovery(config: &Config, camera: &str) -> Result<Vec<(String, String)>, PublishError> {
     let topics = Topics::new(&config.topic_prefix())?;
-    let object = format!("{}_{camera}_caption", config.device_id).replace(['-', '.'], "_");
-    let topic = format!(
-        "{}/sensor/{object}/config",
-        config.mqtt.home_assistant.discovery_prefix
-    );
-    let payload = serde_json::json!({
-        "name": format!("{camera} caption"),
-        "unique_id": object,
-        "state_topic": topics.state(camera)?,
-        "json_attributes_topic": topics.caption(camera)?,
-        "availability_topic": topics.availability(),
-        "payload_available": ONLINE,
-        "payload_not_available": OFFLINE,
-        "icon": "mdi:image-text",
-        "device": {
-            "identifiers": [format!("captiond_{}", config.device_id)],
-            "name": format!("captiond {}", config.device_id),
-            "model": "captiond",
-            "sw_version": crate::version(),
-        }
+    let base = format!("{}_{camera}", config.device_id).replace(['-', '.'], "_");
+    let prefix = &config.mqtt.home_assistant.discovery_prefix;
+    let device = serde_json::json!({
+        "identifiers": [format!("captiond_{}", config.device_id)],
+        "name": format!("captiond {}", config.device_id),
+        "model": "captiond",
+        "sw_version": crate::version(),
     });
-    Ok((topic, payload.to_string()))
+    let entity = |component: &str, suffix: &str, mut payload: serde_json::Value| {
+        let object = format!("{base}_{suffix}");
+        payload["unique_id"] = object.clone().into();
+        payload["availability_topic"] = topics.availability().into();
+        payload["payload_available"] = ONLINE.into();
+        payload["payload_not_available"] = OFFLINE.into();
+        payload["device"] = device.clone();
+        (
+            format!("{prefix}/{component}/{object}/config"),
+            payload.to_string(),
+        )
+    };
+    let mut out = vec![entity(
+        "sensor",
+        "caption",
+        serde_json::json!({
+            "name": format!("{camera} caption"),
+            "state_topic": topics.state(camera)?,
+            "json_attributes_topic": topics.caption(camera)?,
+            "icon": "mdi:image-text",
+        }),
+    )];
+    if config.snapshot.mqtt {
+        out.push(entity(
+            "image",
+            "snapshot",
+            serde_json::json!({
+                "name": format!("{camera} snapshot"),
+                "image_topic": topics.snapshot(camera)?,
+                "content_type": "image/jpeg",
+            }),
+        ));
+    }
+    out.push(entity(
+        "button",
+        "caption_now",
+        serde_json::json!({
+            "name": format!("{camera} caption now"),
+            "command_topic": topics.command(camera)?,
+            "payload_press": "caption_now",
+            "icon": "mdi:camera-iris",
+        }),
+    ));
+    out.push(entity(
+        "switch",
+        "captioning",
+        serde_json::json!({
+            "name": format!("{camera} captioning"),
+            "command_topic": topics.command(camera)?,
+            "payload_on": "resume",
+            "payload_off": "pause",
+            "state_topic": topics.paused(camera)?,
+            "state_on": "false",
+            "state_off": "true",
+            "icon": "mdi:text-recognition",
+        }),
+    ));
+    Ok(out)
 }
 
 fn load_queue(path: &PathBuf) -> VecDeque<CaptionEvent> {
@@ -196,11 +263,13 @@ struct Shared {
 
 impl Publisher {
     /// Connect (in the background) and start publishing. `cameras` get discovery configs.
+    /// Payloads received on the cameras' command topics go to `commands`.
     pub fn start(
         config: &Config,
         host: &str,
         port: u16,
         cameras: Vec<String>,
+        commands: mpsc::Sender<Incoming>,
     ) -> Result<Publisher, PublishError> {
         let topics = Topics::new(&config.topic_prefix())?;
         let options = mqtt_options(config, host, port)?;
@@ -228,6 +297,10 @@ impl Publisher {
                 Duration::from_millis(config.mqtt.reconnect_max_ms),
             );
             let endpoint = format!("{host}:{port}");
+            let command_topics: Vec<(String, String)> = cameras
+                .iter()
+                .map(|c| Ok((topics.command(c)?, c.clone())))
+                .collect::<Result<_, PublishError>>()?;
             std::thread::spawn(move || {
                 let mut outage: Option<Instant> = None;
                 for event in connection.iter() {
@@ -251,6 +324,14 @@ impl Publisher {
                             shared.lock().expect("publisher state").acked += 1;
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if let Some((_, camera)) =
+                                command_topics.iter().find(|(t, _)| *t == p.topic)
+                            {
+                                let _ = commands.send(Incoming {
+                                    camera: camera.clone(),
+                                    payload: p.payload.to_vec(),
+                                });
+                            }
                             if discovery_on
                                 && p.topic == status_topic
                                 && &p.payload[..] == b"online"
@@ -289,13 +370,18 @@ impl Publisher {
         let queue_file = config.mqtt.queue_file.clone();
         let shutdown_timeout = Duration::from_secs(config.mqtt.shutdown_timeout_s);
         let discovery_msgs: Vec<(String, String)> = if config.mqtt.home_assistant.discovery {
-            cameras
-                .iter()
-                .map(|c| discovery(config, c))
-                .collect::<Result<_, _>>()?
+            let mut all = Vec::new();
+            for c in &cameras {
+                all.extend(discovery(config, c)?);
+            }
+            all
         } else {
             Vec::new()
         };
+        let subscriptions: Vec<String> = cameras
+            .iter()
+            .map(|c| topics.command(c))
+            .collect::<Result<_, _>>()?;
         let status_topic = config
             .mqtt
             .home_assistant
@@ -310,6 +396,10 @@ impl Publisher {
                 // Retained state per camera: only the latest matters.
                 let mut states: Vec<(String, String)> = Vec::new();
                 let mut stats: Option<String> = None;
+                // Latest per camera, like the state.
+                let mut snapshots: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
+                let mut paused: Vec<(String, bool)> = Vec::new();
+                let mut results: VecDeque<(String, String)> = VecDeque::new();
                 let mut handed = 0u64;
                 let mut stopping_since: Option<Instant> = None;
                 loop {
@@ -331,6 +421,21 @@ impl Publisher {
                                         states.push((camera, text));
                                     }
                                     Message::Stats(s) => stats = Some(s),
+                                    Message::Snapshot { camera, jpeg } => {
+                                        snapshots.retain(|(c, _)| c != &camera);
+                                        snapshots.push((camera, jpeg));
+                                    }
+                                    Message::Paused { camera, paused: p } => {
+                                        paused.retain(|(c, _)| c != &camera);
+                                        paused.push((camera, p));
+                                    }
+                                    Message::CommandResult { camera, json } => {
+                                        // Answers matter only now; keep the last few.
+                                        if results.len() >= 64 {
+                                            results.pop_front();
+                                        }
+                                        results.push_back((camera, json));
+                                    }
                                 }
                                 next = rx.try_recv().ok();
                             }
@@ -358,6 +463,9 @@ impl Publisher {
                             if let Some(t) = &status_topic {
                                 let _ = client.try_subscribe(t, QoS::AtLeastOnce);
                             }
+                            for t in &subscriptions {
+                                let _ = client.try_subscribe(t, QoS::AtLeastOnce);
+                            }
                             for (t, p) in &discovery_msgs {
                                 if client
                                     .try_publish(t, QoS::AtLeastOnce, true, p.clone())
@@ -370,6 +478,33 @@ impl Publisher {
                         for (camera, text) in states.drain(..) {
                             if let Ok(t) = topics.state(&camera) {
                                 if client.try_publish(t, QoS::AtLeastOnce, true, text).is_ok() {
+                                    handed += 1;
+                                }
+                            }
+                        }
+                        for (camera, jpeg) in snapshots.drain(..) {
+                            if let Ok(t) = topics.snapshot(&camera) {
+                                if client
+                                    .try_publish(t, QoS::AtLeastOnce, true, jpeg.as_ref().clone())
+                                    .is_ok()
+                                {
+                                    handed += 1;
+                                }
+                            }
+                        }
+                        for (camera, p) in paused.drain(..) {
+                            if let Ok(t) = topics.paused(&camera) {
+                                if client
+                                    .try_publish(t, QoS::AtLeastOnce, true, p.to_string())
+                                    .is_ok()
+                                {
+                                    handed += 1;
+                                }
+                            }
+                        }
+                        while let Some((camera, json)) = results.pop_front() {
+                            if let Ok(t) = topics.command_result(&camera) {
+                                if client.try_publish(t, QoS::AtLeastOnce, false, json).is_ok() {
                                     handed += 1;
                                 }
                             }

@@ -97,7 +97,7 @@ impl Drop for Mosquitto {
 }
 
 /// Payloads received on one topic, with their retain flag, in order.
-type Received = Vec<(String, bool)>;
+type Received = Vec<(Vec<u8>, bool)>;
 
 /// Everything a subscriber saw, by topic, in order.
 #[derive(Clone, Default)]
@@ -105,6 +105,18 @@ struct Seen(Arc<Mutex<HashMap<String, Received>>>);
 
 impl Seen {
     fn payloads(&self, topic: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(topic)
+            .map(|v| {
+                v.iter()
+                    .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn raw(&self, topic: &str) -> Vec<Vec<u8>> {
         self.0
             .lock()
             .unwrap()
@@ -120,7 +132,7 @@ impl Seen {
             .map(|v| {
                 v.iter()
                     .filter(|(_, r)| *r)
-                    .map(|(p, _)| p.clone())
+                    .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
                     .collect()
             })
             .unwrap_or_default()
@@ -136,24 +148,39 @@ impl Seen {
 
 /// A QoS 1 subscriber to `captiond/#` with a persistent session; reconnects by itself.
 fn subscribe(port: u16, id: &str) -> Seen {
+    subscribe_to(port, id, &["captiond/#"])
+}
+
+/// A QoS 1 subscriber to `filters`, ready once every subscription is acknowledged.
+fn subscribe_to(port: u16, id: &str, filters: &[&str]) -> Seen {
+    let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
     let seen = Seen::default();
     let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_clean_session(false);
     o.set_keep_alive(Duration::from_secs(5));
+    // Snapshots are JPEGs of tens of KB; rumqttc's default limit is 10 KB.
+    o.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut conn) = Client::new(o, 100);
     let s = seen.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut acks = 0;
         for ev in conn.iter() {
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    client.subscribe("captiond/#", QoS::AtLeastOnce).unwrap();
+                    acks = 0;
+                    for f in &filters {
+                        client.subscribe(f, QoS::AtLeastOnce).unwrap();
+                    }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let _ = ready_tx.send(());
+                    acks += 1;
+                    if acks == filters.len() {
+                        let _ = ready_tx.send(());
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                    let payload = p.payload.to_vec();
                     s.0.lock()
                         .unwrap()
                         .entry(p.topic.clone())
@@ -446,6 +473,152 @@ fn the_embedded_broker_as_the_main_job_runs_it_serves_subscribers_and_starts_wit
         let event: CaptionEvent = serde_json::from_str(&payload).unwrap();
         assert!(!event.caption.is_empty());
     }
+}
+
+/// Publish `payload` once (QoS 1) and wait for the broker's acknowledgement.
+fn publish(port: u16, topic: &str, payload: &[u8]) {
+    let mut o = MqttOptions::new(format!("cmd-{}", free_port()), "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(o, 10);
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload.to_vec())
+        .unwrap();
+    for ev in conn.iter() {
+        match ev {
+            Ok(Event::Incoming(Packet::PubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("publishing a command: {e}"),
+        }
+    }
+    let _ = client.disconnect();
+}
+
+fn results(seen: &Seen) -> Vec<serde_json::Value> {
+    seen.payloads("captiond/test/main/command/result")
+        .iter()
+        .map(|p| serde_json::from_str(p).expect("a JSON result"))
+        .collect()
+}
+
+#[test]
+fn mqtt_commands_pause_resume_caption_now_and_home_assistant_entities() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Mosquitto::start(dir.path(), port, "");
+    let seen = subscribe_to(port, "sub-commands", &["captiond/#", "homeassistant/#"]);
+    let frames = images(dir.path(), 60);
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[source]\npath = \"{}\"\ninterval_ms = 300\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nstats_interval_s = 0\n",
+            frames.display()
+        ),
+    );
+    let mut child = daemon(&cfg);
+    let t = Instant::now();
+    while events(&seen).len() < 2 {
+        let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+        assert!(t.elapsed() < Duration::from_secs(60), "no events:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let command = "captiond/test/main/command";
+
+    // pause: the result, the retained state, and no more events.
+    publish(port, command, b"pause");
+    seen.wait_for("the pause result", Duration::from_secs(10), |s| {
+        results(s).len() == 1
+    });
+    assert_eq!(results(&seen)[0]["ok"], true);
+    seen.wait_for("paused = true", Duration::from_secs(10), |s| {
+        s.payloads("captiond/test/main/paused")
+            .last()
+            .map(String::as_str)
+            == Some("true")
+    });
+    std::thread::sleep(Duration::from_millis(800)); // a frame in flight may still land
+    let paused_at = events(&seen).len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(events(&seen).len(), paused_at, "events while paused");
+
+    // caption_now while paused: exactly one event.
+    publish(port, command, b"caption_now");
+    seen.wait_for("one forced caption", Duration::from_secs(10), |s| {
+        events(s).len() > paused_at
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(events(&seen).len(), paused_at + 1);
+
+    // Malformed commands are answered with the reason; the daemon keeps running.
+    publish(port, command, b"reboot");
+    publish(port, command, br#"{"interval_ms": "soon"}"#);
+    seen.wait_for("4 results", Duration::from_secs(10), |s| {
+        results(s).len() >= 4
+    });
+    let r = results(&seen);
+    assert_eq!(r[1]["command"], "caption_now");
+    for bad in &r[2..4] {
+        assert_eq!(bad["ok"], false, "{bad}");
+        assert!(!bad["message"].as_str().unwrap().is_empty());
+    }
+    assert!(r[2]["message"]
+        .as_str()
+        .unwrap()
+        .contains("caption_now, pause, resume"));
+    assert!(child.try_wait().unwrap().is_none(), "captiond stopped");
+
+    // resume: events flow again; the interval can be changed.
+    publish(port, command, br#"{"interval_ms": 100}"#);
+    publish(port, command, b"resume");
+    seen.wait_for("events after resume", Duration::from_secs(20), |s| {
+        events(s).len() >= paused_at + 3
+    });
+    assert_eq!(
+        seen.payloads("captiond/test/main/paused")
+            .last()
+            .map(String::as_str),
+        Some("false")
+    );
+
+    // The snapshot: a retained JPEG of the captioned frame.
+    let snap = seen.raw("captiond/test/main/snapshot");
+    let jpeg = snap.last().expect("a snapshot");
+    let img = image::load_from_memory(jpeg).expect("a decodable JPEG");
+    assert!(img.width() > 0 && img.width().max(img.height()) <= 640);
+
+    // Home Assistant: sensor, image, button and switch configs, retained, valid JSON.
+    let late = subscribe_to(port, "sub-ha-late", &["homeassistant/#"]);
+    let base = "homeassistant/{}/test_main_{}/config";
+    let topic =
+        |component: &str, object: &str| base.replacen("{}", component, 1).replacen("{}", object, 1);
+    let wanted = [
+        topic("sensor", "caption"),
+        topic("image", "snapshot"),
+        topic("button", "caption_now"),
+        topic("switch", "captioning"),
+    ];
+    late.wait_for(
+        "4 retained discovery configs",
+        Duration::from_secs(10),
+        |s| wanted.iter().all(|t| !s.retained(t).is_empty()),
+    );
+    let config = |t: &str| -> serde_json::Value {
+        serde_json::from_str(late.retained(t).last().unwrap()).unwrap()
+    };
+    assert_eq!(
+        config(&wanted[1])["image_topic"],
+        "captiond/test/main/snapshot"
+    );
+    assert_eq!(config(&wanted[2])["command_topic"], command);
+    assert_eq!(config(&wanted[2])["payload_press"], "caption_now");
+    let switch = config(&wanted[3]);
+    assert_eq!(switch["state_topic"], "captiond/test/main/paused");
+    assert_eq!(
+        (&switch["payload_on"], &switch["payload_off"]),
+        (&"resume".into(), &"pause".into())
+    );
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
 }
 
 #[test]

@@ -89,6 +89,100 @@ impl Topics {
     pub fn stats(&self) -> String {
         format!("{}/stats", self.prefix)
     }
+
+    /// The captioned frame as a JPEG, retained.
+    pub fn snapshot(&self, camera: &str) -> Result<String, TopicError> {
+        check_level("camera name", camera)?;
+        Ok(format!("{}/{camera}/snapshot", self.prefix))
+    }
+
+    /// Where the daemon takes [`Command`]s for a camera.
+    pub fn command(&self, camera: &str) -> Result<String, TopicError> {
+        check_level("camera name", camera)?;
+        Ok(format!("{}/{camera}/command", self.prefix))
+    }
+
+    /// One [`CommandResult`] per command received.
+    pub fn command_result(&self, camera: &str) -> Result<String, TopicError> {
+        check_level("camera name", camera)?;
+        Ok(format!("{}/{camera}/command/result", self.prefix))
+    }
+
+    /// Retained `true` / `false`: whether captioning is paused.
+    pub fn paused(&self, camera: &str) -> Result<String, TopicError> {
+        check_level("camera name", camera)?;
+        Ok(format!("{}/{camera}/paused", self.prefix))
+    }
+}
+
+/// What `<prefix>/<camera>/command` accepts: `caption_now`, `pause`, `resume` (plain
+/// text), or `{"interval_ms": N}` (JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Caption the next frame, even while paused.
+    CaptionNow,
+    Pause,
+    Resume,
+    /// Change `source.interval_ms` until the daemon restarts.
+    Interval {
+        interval_ms: u64,
+    },
+}
+
+/// The longest interval a command may set: one day.
+pub const MAX_COMMAND_INTERVAL_MS: u64 = 86_400_000;
+
+impl Command {
+    /// Parse a command payload; the error says what was expected.
+    pub fn parse(payload: &[u8]) -> Result<Command, String> {
+        let text = std::str::from_utf8(payload)
+            .map_err(|_| "the payload is not UTF-8 text".to_owned())?
+            .trim();
+        match text {
+            "caption_now" => return Ok(Command::CaptionNow),
+            "pause" => return Ok(Command::Pause),
+            "resume" => return Ok(Command::Resume),
+            _ => {}
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Interval {
+            interval_ms: u64,
+        }
+        let expected = "expected caption_now, pause, resume or {\"interval_ms\": N}";
+        if !text.starts_with('{') {
+            let shown: String = text.chars().take(40).collect();
+            return Err(format!("unknown command {shown:?}: {expected}"));
+        }
+        let Interval { interval_ms } =
+            serde_json::from_str(text).map_err(|e| format!("{e}: {expected}"))?;
+        if interval_ms > MAX_COMMAND_INTERVAL_MS {
+            return Err(format!(
+                "interval_ms {interval_ms} is over {MAX_COMMAND_INTERVAL_MS} (one day)"
+            ));
+        }
+        Ok(Command::Interval { interval_ms })
+    }
+
+    /// The command's name in results.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::CaptionNow => "caption_now",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Interval { .. } => "interval_ms",
+        }
+    }
+}
+
+/// The JSON payload of `<prefix>/<camera>/command/result`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The command's name, or the payload (shortened) when it was not understood.
+    pub command: String,
+    pub ok: bool,
+    /// What was done, or why nothing was.
+    pub message: String,
 }
 
 /// Time spent per stage for one caption, in milliseconds.
@@ -224,6 +318,41 @@ mod tests {
         assert_eq!(stages, ["capture", "decode", "decoder", "encoder", "total"]);
         let back: CaptionEvent = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn commands_parse_and_bad_ones_say_what_was_expected() {
+        assert_eq!(Command::parse(b"caption_now"), Ok(Command::CaptionNow));
+        assert_eq!(Command::parse(b" pause\n"), Ok(Command::Pause));
+        assert_eq!(Command::parse(b"resume"), Ok(Command::Resume));
+        assert_eq!(
+            Command::parse(br#"{"interval_ms": 2500}"#),
+            Ok(Command::Interval { interval_ms: 2500 })
+        );
+        for bad in [
+            &b"reboot"[..],
+            b"",
+            b"\xff\xfe",
+            br#"{"interval_ms": -1}"#,
+            br#"{"interval_ms": "5"}"#,
+            br#"{"interval": 5}"#,
+            br#"{"interval_ms": 99999999999}"#,
+            b"{",
+        ] {
+            let e = Command::parse(bad).unwrap_err();
+            assert!(!e.is_empty(), "{bad:?}");
+        }
+        assert!(Command::parse(b"reboot")
+            .unwrap_err()
+            .contains("caption_now, pause, resume"));
+        let t = Topics::for_device("pi").unwrap();
+        assert_eq!(t.command("front").unwrap(), "captiond/pi/front/command");
+        assert_eq!(
+            t.command_result("front").unwrap(),
+            "captiond/pi/front/command/result"
+        );
+        assert_eq!(t.paused("front").unwrap(), "captiond/pi/front/paused");
+        assert_eq!(t.snapshot("front").unwrap(), "captiond/pi/front/snapshot");
     }
 
     #[test]
