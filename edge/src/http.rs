@@ -89,7 +89,11 @@ pub fn start(settings: Settings, hub: Arc<Hub>, inference: Inference) -> Result<
             .map_or(0, |d| d.as_secs()),
     });
     let router = router(app, settings.max_body_bytes);
+    // Posted images are captioned on one blocking thread, one after the other (they take
+    // the inference lock anyway): each extra thread would keep its own malloc arena of
+    // tract's buffers (peak RSS 244 MB with 4 clients on 4 threads, 135 MB on one).
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(1)
         .enable_all()
         .build()
         .map_err(|source| HttpError::Listen { listen, source })?;
