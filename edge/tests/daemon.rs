@@ -586,7 +586,15 @@ fn mqtt_commands_pause_resume_caption_now_and_home_assistant_entities() {
     assert!(img.width() > 0 && img.width().max(img.height()) <= 640);
 
     // Home Assistant: sensor, image, button and switch configs, retained, valid JSON.
-    let late = subscribe_to(port, "sub-ha-late", &["homeassistant/#"]);
+    let late = subscribe_to(
+        port,
+        "sub-ha-late",
+        &[
+            "homeassistant/#",
+            "captiond/test/main/paused",
+            "captiond/test/main/snapshot",
+        ],
+    );
     let base = "homeassistant/{}/test_main_{}/config";
     let topic =
         |component: &str, object: &str| base.replacen("{}", component, 1).replacen("{}", object, 1);
@@ -599,8 +607,14 @@ fn mqtt_commands_pause_resume_caption_now_and_home_assistant_entities() {
     late.wait_for(
         "4 retained discovery configs",
         Duration::from_secs(10),
-        |s| wanted.iter().all(|t| !s.retained(t).is_empty()),
+        |s| {
+            wanted.iter().all(|t| !s.retained(t).is_empty())
+                && !s.retained("captiond/test/main/snapshot").is_empty()
+        },
     );
+    // The pause state and the snapshot are retained for whoever subscribes later.
+    assert_eq!(late.retained("captiond/test/main/paused"), ["false"]);
+    image::load_from_memory(&late.raw("captiond/test/main/snapshot")[0]).unwrap();
     let config = |t: &str| -> serde_json::Value {
         serde_json::from_str(late.retained(t).last().unwrap()).unwrap()
     };
