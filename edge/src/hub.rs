@@ -232,73 +232,77 @@ impl Hub {
     pub fn metrics(&self) -> String {
         let f = &self.frames;
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
+        let counters = [
+            (
+                "captiond_captions_total",
+                "Captions made from frames.",
+                f.captions.load(Ordering::Relaxed),
+            ),
+            (
+                "captiond_frames_skipped_total",
+                "Frames that could not be read or decoded.",
+                f.skipped.load(Ordering::Relaxed),
+            ),
+            (
+                "captiond_frames_similar_total",
+                "Frames skipped because they barely changed (skip_similar).",
+                f.similar.load(Ordering::Relaxed),
+            ),
+            (
+                "captiond_frames_paused_total",
+                "Frames not captioned while paused.",
+                f.paused.load(Ordering::Relaxed),
+            ),
+            (
+                "captiond_captions_unchanged_total",
+                "Captions not published because the text did not change (publish_on_change).",
+                f.unchanged.load(Ordering::Relaxed),
+            ),
+            (
+                "captiond_events_dropped_total",
+                "Caption events dropped because the MQTT queue was full.",
+                self.mqtt.dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "captiond_http_captions_total",
+                "Images captioned through POST /api/caption.",
+                f.http_captions.load(Ordering::Relaxed),
+            ),
+            (
+                "captiond_http_rejected_total",
+                "POST /api/caption requests refused with 503 (queue full).",
+                f.http_rejected.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
-        };
-        counter(
-            "captiond_captions_total",
-            "Captions made from frames.",
-            f.captions.load(Ordering::Relaxed),
-        );
-        counter(
-            "captiond_frames_skipped_total",
-            "Frames that could not be read or decoded.",
-            f.skipped.load(Ordering::Relaxed),
-        );
-        counter(
-            "captiond_frames_similar_total",
-            "Frames skipped because they barely changed (skip_similar).",
-            f.similar.load(Ordering::Relaxed),
-        );
-        counter(
-            "captiond_frames_paused_total",
-            "Frames not captioned while paused.",
-            f.paused.load(Ordering::Relaxed),
-        );
-        counter(
-            "captiond_captions_unchanged_total",
-            "Captions not published because the text did not change (publish_on_change).",
-            f.unchanged.load(Ordering::Relaxed),
-        );
-        counter(
-            "captiond_events_dropped_total",
-            "Caption events dropped because the MQTT queue was full.",
-            self.mqtt.dropped.load(Ordering::Relaxed),
-        );
-        counter(
-            "captiond_http_captions_total",
-            "Images captioned through POST /api/caption.",
-            f.http_captions.load(Ordering::Relaxed),
-        );
-        counter(
-            "captiond_http_rejected_total",
-            "POST /api/caption requests refused with 503 (queue full).",
-            f.http_rejected.load(Ordering::Relaxed),
-        );
-        let mut gauge = |name: &str, help: &str, value: f64| {
+        }
+        let gauges = [
+            (
+                "captiond_queue_depth",
+                "Caption events not yet acknowledged by the broker.",
+                self.mqtt.queued.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "captiond_mqtt_connected",
+                "1 while connected to the MQTT broker.",
+                u8::from(self.mqtt.connected.load(Ordering::Relaxed)) as f64,
+            ),
+            (
+                "captiond_uptime_seconds",
+                "Seconds since start.",
+                self.started.elapsed().as_secs_f64(),
+            ),
+        ];
+        for (name, help, value) in gauges {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
-        };
-        gauge(
-            "captiond_queue_depth",
-            "Caption events not yet acknowledged by the broker.",
-            self.mqtt.queued.load(Ordering::Relaxed) as f64,
-        );
-        gauge(
-            "captiond_mqtt_connected",
-            "1 while connected to the MQTT broker.",
-            u8::from(self.mqtt.connected.load(Ordering::Relaxed)) as f64,
-        );
-        gauge(
-            "captiond_uptime_seconds",
-            "Seconds since start.",
-            self.started.elapsed().as_secs_f64(),
-        );
+        }
         let name = "captiond_latency_ms";
         let _ = writeln!(
             out,

@@ -261,11 +261,16 @@ fn stderr_of(mut child: Child, dir: &Path) -> String {
 
 const CAPTION: &str = "captiond/test/main/caption";
 
-fn events(seen: &Seen) -> Vec<CaptionEvent> {
-    seen.payloads(CAPTION)
+/// The JSON payloads of `topic`, parsed.
+fn parsed<T: serde::de::DeserializeOwned>(seen: &Seen, topic: &str) -> Vec<T> {
+    seen.payloads(topic)
         .iter()
-        .map(|p| serde_json::from_str(p).expect("a valid caption event"))
+        .map(|p| serde_json::from_str(p).unwrap_or_else(|e| panic!("{topic}: {e}: {p}")))
         .collect()
+}
+
+fn events(seen: &Seen) -> Vec<CaptionEvent> {
+    parsed(seen, CAPTION)
 }
 
 #[test]
@@ -494,10 +499,7 @@ fn publish(port: u16, topic: &str, payload: &[u8]) {
 }
 
 fn results(seen: &Seen) -> Vec<serde_json::Value> {
-    seen.payloads("captiond/test/main/command/result")
-        .iter()
-        .map(|p| serde_json::from_str(p).expect("a JSON result"))
-        .collect()
+    parsed(seen, "captiond/test/main/command/result")
 }
 
 #[test]
