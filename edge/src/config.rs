@@ -162,6 +162,9 @@ pub struct SourceConfig {
     /// `camera`: first and longest wait between reconnection attempts.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// stdin: the largest JPEG frame accepted from the stream, bytes; a longer one (a
+    /// stream that lost its end marker) is dropped so that memory stays bounded.
+    pub max_frame_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -284,6 +287,7 @@ impl Default for SourceConfig {
             format: PixelFormat::Mjpeg,
             reconnect_min_ms: 1000,
             reconnect_max_ms: 30_000,
+            max_frame_bytes: crate::source::MAX_JPEG_BYTES,
         }
     }
 }
@@ -426,6 +430,12 @@ impl Config {
         }
         if self.source.kind == SourceKind::Directory && self.source.path.as_os_str().is_empty() {
             return Err(err("source.path", "expected the folder of images".into()));
+        }
+        if self.source.max_frame_bytes < 1024 {
+            return Err(err(
+                "source.max_frame_bytes",
+                "expected at least 1024 bytes".into(),
+            ));
         }
         if self.source.reconnect_min_ms == 0
             || self.source.reconnect_min_ms > self.source.reconnect_max_ms

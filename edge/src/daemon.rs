@@ -103,11 +103,13 @@ pub enum Admit {
 }
 
 /// Run the daemon until the source ends or `shutdown` is set; `http_token` is
-/// `[http]`'s token in effect (`Config::http_token`).
+/// `[http]`'s token in effect (`Config::http_token`). Every published caption event is
+/// also handed to `on_caption` (the binary prints it).
 pub fn run(
     config: &Config,
     http_token: Option<String>,
     shutdown: Arc<AtomicBool>,
+    on_caption: &mut dyn FnMut(&CaptionEvent),
 ) -> Result<(), DaemonError> {
     let bundle = &config.model.bundle;
     let engine = Engine::load_with(bundle, &config.model.engine_options()).map_err(|source| {
@@ -379,11 +381,7 @@ pub fn run(
                 jpeg,
             });
         }
-        // Captions also go to stdout, one JSON object per line, for logs and scripts.
-        println!(
-            "{}",
-            serde_json::to_string(&event).expect("events serialise")
-        );
+        on_caption(&event);
         publisher.send(Message::Caption(Box::new(event)));
     }
     // The frame thread ends at its next send (the receiver is gone) or shutdown check.

@@ -2,6 +2,7 @@
 //! daemon's configuration, wired up by the `captiond` binary around the inference engine
 //! of `caption-runtime`.
 
+pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod daemon;

@@ -178,7 +178,14 @@ fn main() -> Result<()> {
                 Some(path) => cfg.http_token(path)?,
                 None => None,
             };
-            caption_edge::daemon::run(&cfg, token, shutdown)?;
+            // Captions also go to stdout, one JSON object per line, for logs and scripts.
+            let mut print = |event: &caption_proto::mqtt::CaptionEvent| {
+                println!(
+                    "{}",
+                    serde_json::to_string(event).expect("events serialise")
+                );
+            };
+            caption_edge::daemon::run(&cfg, token, shutdown, &mut print)?;
         }
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;

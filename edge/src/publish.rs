@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use caption_proto::mqtt::{CaptionEvent, Topics, OFFLINE, ONLINE};
 use rumqttc::{Client, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
+use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::source::Backoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

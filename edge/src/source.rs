@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::backoff::Backoff;
 use crate::config::{SourceConfig, SourceKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -140,8 +141,9 @@ impl FrameSource for DirectorySource {
     }
 }
 
-/// The largest JPEG the splitter assembles; a longer one (a stream that lost its end
-/// marker) is dropped so that memory stays bounded. A 4K MJPEG frame is a few MB.
+/// The default largest JPEG the splitter assembles (`source.max_frame_bytes`); a longer
+/// one (a stream that lost its end marker) is dropped so that memory stays bounded. A 4K
+/// MJPEG frame is a few MB.
 pub const MAX_JPEG_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,12 +160,13 @@ enum Walk {
 /// Splits an MJPEG byte stream into its JPEG images by walking their structure: segments
 /// are skipped by their length, so an `FF D9` inside an EXIF thumbnail (APP1) does not end
 /// the frame; each byte is examined once, however the stream is chunked; bytes outside a
-/// frame are discarded at once, and a frame over [`MAX_JPEG_BYTES`] is dropped.
+/// frame are discarded at once, and a frame over its size limit is dropped.
 ///
 /// Written by hand: the `image`/`jpeg-decoder` crates decode one complete JPEG, and no
 /// well-kept crate splits a stream of them.
 pub struct MjpegSplitter {
     buf: Vec<u8>,
+    max_bytes: usize,
     /// Next byte to examine.
     pos: usize,
     walk: Walk,
@@ -173,16 +176,22 @@ pub struct MjpegSplitter {
 
 impl Default for MjpegSplitter {
     fn default() -> Self {
+        MjpegSplitter::new(MAX_JPEG_BYTES)
+    }
+}
+
+impl MjpegSplitter {
+    /// A splitter dropping frames longer than `max_bytes`.
+    pub fn new(max_bytes: usize) -> MjpegSplitter {
         MjpegSplitter {
             buf: Vec::new(),
+            max_bytes,
             pos: 0,
             walk: Walk::Seeking,
             dropped: 0,
         }
     }
-}
 
-impl MjpegSplitter {
     /// Add bytes; return every complete JPEG now available.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
         self.buf.extend_from_slice(bytes);
@@ -221,7 +230,11 @@ impl MjpegSplitter {
                         0xFF => self.pos += 1,
                         0xD9 => {
                             let end = self.pos + 2;
-                            out.push(self.buf[..end].to_vec());
+                            if end > self.max_bytes {
+                                self.dropped += 1;
+                            } else {
+                                out.push(self.buf[..end].to_vec());
+                            }
                             self.buf.drain(..end);
                             self.pos = 0;
                             self.walk = Walk::Seeking;
@@ -272,7 +285,7 @@ impl MjpegSplitter {
                 }
             }
         }
-        if self.walk != Walk::Seeking && self.buf.len() > MAX_JPEG_BYTES {
+        if self.walk != Walk::Seeking && self.buf.len() > self.max_bytes {
             self.resync();
             return [out, self.push(&[])].concat();
         }
@@ -295,15 +308,16 @@ pub struct StdinSource {
 
 impl StdinSource {
     pub fn new() -> StdinSource {
-        Self::from_reader(Box::new(std::io::stdin()))
+        Self::from_reader(Box::new(std::io::stdin()), MAX_JPEG_BYTES)
     }
 
-    pub fn from_reader(mut reader: Box<dyn Read + Send>) -> StdinSource {
+    /// Frames from `reader`, each at most `max_frame_bytes` long.
+    pub fn from_reader(mut reader: Box<dyn Read + Send>, max_frame_bytes: usize) -> StdinSource {
         // A small bound: when captioning is slower than the stream, old frames are dropped
         // by the reader rather than piling up.
         let (tx, rx) = mpsc::sync_channel(2);
         std::thread::spawn(move || {
-            let mut splitter = MjpegSplitter::default();
+            let mut splitter = MjpegSplitter::new(max_frame_bytes);
             let mut buf = vec![0u8; 1 << 16];
             loop {
                 let n = match reader.read(&mut buf) {
@@ -317,12 +331,15 @@ impl StdinSource {
                 };
                 let dropped = splitter.dropped;
                 let jpegs = splitter.push(&buf[..n]);
-                if splitter.dropped > dropped {
+                // Logged once as a warning (a broken stream drops many), then counted.
+                if splitter.dropped > dropped && dropped == 0 {
                     tracing::warn!(
-                        "stdin: dropped {} incomplete or oversized JPEG frame(s) ({} so far)",
-                        splitter.dropped - dropped,
-                        splitter.dropped
+                        "stdin: dropped an incomplete JPEG frame or one over \
+                         source.max_frame_bytes = {max_frame_bytes}; later drops are logged \
+                         at debug level with their count"
                     );
+                } else if splitter.dropped > dropped {
+                    tracing::debug!("stdin: {} frames dropped so far", splitter.dropped);
                 }
                 for jpeg in jpegs {
                     match tx.try_send((jpeg, Instant::now())) {
@@ -364,47 +381,6 @@ impl FrameSource for StdinSource {
 
     fn describe(&self) -> String {
         "MJPEG on stdin".into()
-    }
-}
-
-/// Exponential back-off with ±25 % jitter.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        let seed = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            | 1;
-        Backoff {
-            min,
-            max,
-            current: min,
-            seed,
-        }
-    }
-
-    /// The next wait (jittered), doubling the base up to the maximum.
-    pub fn next_wait(&mut self) -> Duration {
-        // xorshift: jitter only needs to spread reconnecting clients apart.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let unit = (self.seed % 1000) as f64 / 1000.0; // 0..1
-        let wait = self.current.mul_f64(0.75 + 0.5 * unit);
-        self.current = (self.current * 2).min(self.max);
-        wait
-    }
-
-    pub fn reset(&mut self) {
-        self.current = self.min;
     }
 }
 
@@ -585,7 +561,10 @@ pub fn list_cameras() -> Result<Vec<String>, SourceError> {
 pub fn open(config: &SourceConfig) -> Result<Box<dyn FrameSource>, SourceError> {
     Ok(match config.kind {
         SourceKind::Directory => Box::new(DirectorySource::new(&config.path, config.watch)?),
-        SourceKind::Stdin => Box::new(StdinSource::new()),
+        SourceKind::Stdin => Box::new(StdinSource::from_reader(
+            Box::new(std::io::stdin()),
+            config.max_frame_bytes,
+        )),
         #[cfg(feature = "camera")]
         SourceKind::Camera => Box::new(camera::CameraSource::new(config)),
         #[cfg(not(feature = "camera"))]
@@ -684,7 +663,14 @@ mod tests {
             assert!(s.buf.len() <= MAX_JPEG_BYTES + chunk.len());
         }
         assert_eq!(s.dropped, 1);
-        assert_eq!(s.push(&good), vec![good]);
+        assert_eq!(s.push(&good), vec![good.clone()]);
+
+        // The cap is the caller's: a frame over it is dropped, one under it passes.
+        let mut small = MjpegSplitter::new(good.len() + 100);
+        let mut big = jpeg(b"", &[7; 200]);
+        big.extend_from_slice(&good);
+        assert_eq!(small.push(&big), vec![good]);
+        assert_eq!(small.dropped, 1);
     }
 
     #[test]
@@ -711,16 +697,5 @@ mod tests {
             assert!(matches!(once.next_frame(), Next::Frame(_)));
         }
         assert!(matches!(once.next_frame(), Next::End));
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_maximum() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
-        let waits: Vec<u128> = (0..6).map(|_| b.next_wait().as_millis()).collect();
-        for (w, base) in waits.iter().zip([100u128, 200, 400, 800, 800, 800]) {
-            assert!(*w >= base * 3 / 4 && *w <= base * 5 / 4, "{waits:?}");
-        }
-        b.reset();
-        assert!(b.next_wait().as_millis() <= 125);
     }
 }

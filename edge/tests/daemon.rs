@@ -743,7 +743,9 @@ fn a_broker_restart_mid_run_loses_no_caption() {
     assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
     let duplicates = all.len() - n;
     println!("{n} captions delivered across a broker restart, {duplicates} QoS 1 duplicates");
-    assert!(duplicates <= 100, "{duplicates} duplicates");
+    // Only events in flight when the broker went down can arrive twice: at most the
+    // publisher's window of unacknowledged events (publish.rs, MAX_IN_FLIGHT = 64).
+    assert!(duplicates <= 64, "{duplicates} duplicates");
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

@@ -180,8 +180,15 @@ impl Daemon {
     fn wait_captions(&self, n: u64, auth: &[&str]) {
         let t = Instant::now();
         loop {
-            let s = request(self.http, "GET", "/api/status", auth, b"");
-            if s.status == 200 && s.json()["captions"].as_u64().unwrap() >= n {
+            // Published captions (the counter moves before the caption is published).
+            let s = request(
+                self.http,
+                "GET",
+                "/api/cameras/main/captions?limit=50",
+                auth,
+                b"",
+            );
+            if s.status == 200 && s.json().as_array().unwrap().len() as u64 >= n {
                 return;
             }
             assert!(
