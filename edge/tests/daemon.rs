@@ -638,6 +638,150 @@ fn mqtt_commands_pause_resume_caption_now_and_home_assistant_entities() {
 }
 
 #[test]
+fn the_queue_file_carries_undelivered_events_across_a_restart_with_the_broker_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let queue = dir.path().join("queue.jsonl");
+    // The subscriber's persistent session exists; then the broker goes away.
+    let mut broker = Mosquitto::start(dir.path(), port, "");
+    let seen = subscribe(port, "sub-queue-file");
+    broker.stop();
+    let mqtt = |timeout: u64| {
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\nshutdown_timeout_s = {timeout}\nqueue_file = \"{}\"\n",
+            queue.display()
+        )
+    };
+    // Run 1: three captions, no broker; at the end they are saved.
+    let first = tempfile::tempdir().unwrap();
+    let frames = images(first.path(), 3);
+    let cfg = config(
+        first.path(),
+        &format!("[source]\npath = \"{}\"\n{}", frames.display(), mqtt(1)),
+    );
+    let mut child = daemon(&cfg);
+    assert!(wait_exit(&mut child, Duration::from_secs(120)).success());
+    let saved: Vec<CaptionEvent> = std::fs::read_to_string(&queue)
+        .expect("the queue file is written at shutdown")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(saved.len(), 3);
+    // Run 2 starts with the broker still down, captions one more frame, then the broker
+    // comes back: the three saved events and the new one are delivered.
+    let second = tempfile::tempdir().unwrap();
+    let frames = images(second.path(), 1);
+    let cfg = config(
+        second.path(),
+        &format!("[source]\npath = \"{}\"\n{}", frames.display(), mqtt(60)),
+    );
+    let mut child = daemon(&cfg);
+    std::thread::sleep(Duration::from_secs(3));
+    broker.restart();
+    assert!(wait_exit(&mut child, Duration::from_secs(120)).success());
+    seen.wait_for("4 events", Duration::from_secs(30), |s| {
+        events(s).len() >= 4
+    });
+    let mut ids: Vec<String> = events(&seen).into_iter().map(|e| e.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    for e in &saved {
+        assert!(ids.contains(&e.id), "saved event {} not delivered", e.id);
+    }
+    let log = std::fs::read_to_string(second.path().join("stderr.log")).unwrap();
+    assert!(log.contains("3 undelivered events reloaded"), "{log}");
+    assert!(!queue.exists(), "an empty queue leaves no file");
+}
+
+#[test]
+fn publish_on_change_holds_back_repeated_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Mosquitto::start(dir.path(), port, "");
+    let seen = subscribe(port, "sub-on-change");
+    let src = images(dir.path(), 2);
+    let frames = dir.path().join("repeated");
+    std::fs::create_dir(&frames).unwrap();
+    // A A A B B A: three captions published, three held back.
+    for (i, which) in [0, 0, 0, 1, 1, 0].iter().enumerate() {
+        std::fs::copy(
+            src.join(format!("{which:05}.jpg")),
+            frames.join(format!("{i:05}.jpg")),
+        )
+        .unwrap();
+    }
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[source]\npath = \"{}\"\npublish_on_change = true\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nstats_interval_s = 1\n",
+            frames.display()
+        ),
+    );
+    let mut child = daemon(&cfg);
+    assert!(wait_exit(&mut child, Duration::from_secs(120)).success());
+    seen.wait_for("stats", Duration::from_secs(10), |s| {
+        !s.payloads("captiond/test/stats").is_empty() && events(s).len() >= 3
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let evs = events(&seen);
+    let seqs: Vec<u64> = evs.iter().map(|e| e.sequence).collect();
+    assert_eq!(seqs, [0, 3, 5], "{evs:?}");
+    assert_ne!(evs[0].caption, evs[1].caption);
+    assert_eq!(evs[0].caption, evs[2].caption);
+    let stats: Vec<serde_json::Value> = parsed(&seen, "captiond/test/stats");
+    let last = stats.last().unwrap();
+    assert_eq!(last["unchanged_captions"], 3, "{last}");
+    assert_eq!(last["captions"], 6, "{last}");
+}
+
+#[test]
+fn home_assistant_discovery_is_retained_and_re_sent_when_home_assistant_comes_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Mosquitto::start(dir.path(), port, "");
+    let watched = dir.path().join("watched");
+    std::fs::create_dir(&watched).unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[source]\npath = \"{}\"\nwatch = true\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n",
+            watched.display()
+        ),
+    );
+    let mut child = daemon(&cfg);
+    let sensor = "homeassistant/sensor/test_main_caption/config";
+    // A subscriber arriving after the daemon announced itself gets the config retained.
+    let t = Instant::now();
+    while !std::fs::read_to_string(dir.path().join("stderr.log"))
+        .unwrap_or_default()
+        .contains("connected to MQTT broker")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "captiond did not connect"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = subscribe_to(port, "sub-ha", &["homeassistant/#"]);
+    seen.wait_for("the retained sensor config", Duration::from_secs(30), |s| {
+        !s.retained(sensor).is_empty()
+    });
+    let config: serde_json::Value = serde_json::from_str(&seen.payloads(sensor)[0]).unwrap();
+    assert_eq!(config["state_topic"], "captiond/test/main/state");
+    assert_eq!(config["availability_topic"], "captiond/test/availability");
+    let before = seen.payloads(sensor).len();
+    // Home Assistant restarts and announces itself: every config is sent again.
+    publish(port, "homeassistant/status", b"online");
+    seen.wait_for("the re-sent sensor config", Duration::from_secs(10), |s| {
+        s.payloads(sensor).len() > before
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+}
+
+#[test]
 fn sigterm_publishes_offline_and_exits_zero_and_sigkill_triggers_the_last_will() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
