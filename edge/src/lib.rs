@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod frames;
 pub mod http;
 pub mod hub;
+pub mod outbox;
 pub mod publish;
 pub mod source;
 

@@ -2,7 +2,9 @@
 //! only while connected; QoS 1, persistent session, retained state and availability, last
 //! will, Home Assistant discovery, stats, reconnection with back-off and jitter.
 //!
-//! Delivery: an event stays in our queue until the client is connected; once handed to
+//! The queue's decisions live in [`crate::outbox`] (pure, unit-tested); this module is the
+//! thin driver around it and rumqttc. Delivery: an event stays in our queue until the
+//! client is connected; once handed to
 //! rumqttc it is retransmitted after a reconnect until the broker acknowledges it (rumqttc
 //! keeps unacknowledged QoS 1 publishes across reconnects). When the queue is full the
 //! oldest event is dropped and counted.
@@ -11,7 +13,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use caption_proto::mqtt::{CaptionEvent, Topics, OFFLINE, ONLINE};
@@ -32,32 +34,8 @@ pub enum PublishError {
     Topic(#[from] caption_proto::mqtt::TopicError),
 }
 
-/// What the daemon asks the publisher to send.
-pub enum Message {
-    Caption(Box<CaptionEvent>),
-    /// The latest caption text (retained `<camera>/state`).
-    State {
-        camera: String,
-        text: String,
-    },
-    /// A stats JSON payload.
-    Stats(String),
-    /// The captioned frame as a JPEG (retained `<camera>/snapshot`).
-    Snapshot {
-        camera: String,
-        jpeg: Arc<Vec<u8>>,
-    },
-    /// Whether captioning is paused (retained `<camera>/paused`).
-    Paused {
-        camera: String,
-        paused: bool,
-    },
-    /// A command's result (`<camera>/command/result`).
-    CommandResult {
-        camera: String,
-        json: String,
-    },
-}
+pub use crate::outbox::Message;
+use crate::outbox::{Input, Out, Outbox};
 
 /// A payload received on a camera's command topic.
 pub struct Incoming {
@@ -76,7 +54,7 @@ pub struct Counters {
 }
 
 pub struct Publisher {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Input>,
     pub counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -250,17 +228,6 @@ fn save_queue(path: &PathBuf, queue: &VecDeque<CaptionEvent>) {
     }
 }
 
-/// Most events handed to rumqttc and not yet acknowledged.
-const MAX_IN_FLIGHT: u64 = 64;
-
-struct Shared {
-    connected: bool,
-    /// Publishes acknowledged by the broker (PubAck).
-    acked: u64,
-    /// Set on each ConnAck: the retained topics and discovery must be (re)published.
-    announce: bool,
-}
-
 impl Publisher {
     /// Connect (in the background) and start publishing. `cameras` get discovery configs.
     /// Payloads received on the cameras' command topics go to `commands`.
@@ -279,15 +246,12 @@ impl Publisher {
         // Set when the publisher thread is done (queue flushed or timed out): only then may
         // the connection driver stop reconnecting.
         let quit = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(Mutex::new(Shared {
-            connected: false,
-            acked: 0,
-            announce: false,
-        }));
+        // Daemon messages and connection events, in one order, to the publisher thread.
+        let (tx, rx) = mpsc::channel::<Input>();
 
         // The connection driver: rumqttc's event loop, with our back-off between attempts.
         {
-            let shared = shared.clone();
+            let tx = tx.clone();
             let counters = counters.clone();
             let quit = quit.clone();
             let status_topic = config.mqtt.home_assistant.status_topic.clone();
@@ -315,13 +279,11 @@ impl Publisher {
                                 tracing::info!("connected to MQTT broker {endpoint}");
                             }
                             backoff.reset();
-                            let mut s = shared.lock().expect("publisher state");
-                            s.connected = true;
-                            s.announce = true;
                             counters.connected.store(true, Ordering::Relaxed);
+                            let _ = tx.send(Input::Connected);
                         }
                         Ok(Event::Incoming(Packet::PubAck(_))) => {
-                            shared.lock().expect("publisher state").acked += 1;
+                            let _ = tx.send(Input::Acked);
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
                             if let Some((_, camera)) =
@@ -336,7 +298,7 @@ impl Publisher {
                                 && p.topic == status_topic
                                 && &p.payload[..] == b"online"
                             {
-                                shared.lock().expect("publisher state").announce = true;
+                                let _ = tx.send(Input::HomeAssistantOnline);
                             }
                         }
                         Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
@@ -344,11 +306,8 @@ impl Publisher {
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            {
-                                let mut s = shared.lock().expect("publisher state");
-                                s.connected = false;
-                                counters.connected.store(false, Ordering::Relaxed);
-                            }
+                            counters.connected.store(false, Ordering::Relaxed);
+                            let _ = tx.send(Input::Disconnected);
                             if quit.load(Ordering::Relaxed) {
                                 break;
                             }
@@ -365,191 +324,57 @@ impl Publisher {
             });
         }
 
-        let (tx, rx) = mpsc::channel::<Message>();
-        let capacity = config.mqtt.queue_capacity;
         let queue_file = config.mqtt.queue_file.clone();
         let shutdown_timeout = Duration::from_secs(config.mqtt.shutdown_timeout_s);
-        let discovery_msgs: Vec<(String, String)> = if config.mqtt.home_assistant.discovery {
-            let mut all = Vec::new();
+        let mut discovery_msgs = Vec::new();
+        if config.mqtt.home_assistant.discovery {
             for c in &cameras {
-                all.extend(discovery(config, c)?);
+                discovery_msgs.extend(discovery(config, c)?);
             }
-            all
-        } else {
-            Vec::new()
-        };
-        let subscriptions: Vec<String> = cameras
+        }
+        let mut subscriptions: Vec<String> = cameras
             .iter()
             .map(|c| topics.command(c))
             .collect::<Result<_, _>>()?;
-        let status_topic = config
-            .mqtt
-            .home_assistant
-            .discovery
-            .then(|| config.mqtt.home_assistant.status_topic.clone());
+        if config.mqtt.home_assistant.discovery {
+            subscriptions.push(config.mqtt.home_assistant.status_topic.clone());
+        }
+        let restored = queue_file.as_ref().map(load_queue).unwrap_or_default();
+        let mut outbox = Outbox::new(
+            topics.clone(),
+            config.mqtt.queue_capacity,
+            discovery_msgs,
+            subscriptions,
+            restored,
+        );
         let thread = {
             let counters = counters.clone();
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut queue: VecDeque<CaptionEvent> =
-                    queue_file.as_ref().map(load_queue).unwrap_or_default();
-                // Retained state per camera: only the latest matters.
-                let mut states: Vec<(String, String)> = Vec::new();
-                let mut stats: Option<String> = None;
-                // Latest per camera, like the state.
-                let mut snapshots: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
-                let mut paused: Vec<(String, bool)> = Vec::new();
-                let mut results: VecDeque<(String, String)> = VecDeque::new();
-                let mut handed = 0u64;
                 let mut stopping_since: Option<Instant> = None;
                 loop {
-                    let mut open = true;
-                    match rx.recv_timeout(Duration::from_millis(20)) {
-                        Ok(m) => {
-                            let mut next = Some(m);
-                            while let Some(m) = next.take() {
-                                match m {
-                                    Message::Caption(e) => {
-                                        if queue.len() >= capacity {
-                                            queue.pop_front();
-                                            counters.dropped.fetch_add(1, Ordering::Relaxed);
-                                        }
-                                        queue.push_back(*e);
-                                    }
-                                    Message::State { camera, text } => {
-                                        states.retain(|(c, _)| c != &camera);
-                                        states.push((camera, text));
-                                    }
-                                    Message::Stats(s) => stats = Some(s),
-                                    Message::Snapshot { camera, jpeg } => {
-                                        snapshots.retain(|(c, _)| c != &camera);
-                                        snapshots.push((camera, jpeg));
-                                    }
-                                    Message::Paused { camera, paused: p } => {
-                                        paused.retain(|(c, _)| c != &camera);
-                                        paused.push((camera, p));
-                                    }
-                                    Message::CommandResult { camera, json } => {
-                                        // Answers matter only now; keep the last few.
-                                        if results.len() >= 64 {
-                                            results.pop_front();
-                                        }
-                                        results.push_back((camera, json));
-                                    }
-                                }
-                                next = rx.try_recv().ok();
-                            }
+                    if let Ok(input) = rx.recv_timeout(Duration::from_millis(20)) {
+                        outbox.apply(input);
+                        while let Ok(input) = rx.try_recv() {
+                            outbox.apply(input);
                         }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
                     }
-                    if (!open || stop.load(Ordering::Relaxed)) && stopping_since.is_none() {
+                    if stop.load(Ordering::Relaxed) && stopping_since.is_none() {
                         stopping_since = Some(Instant::now());
                     }
-                    let (connected, acked, announce) = {
-                        let mut s = shared.lock().expect("publisher state");
-                        let a = s.announce;
-                        s.announce = false;
-                        (s.connected, s.acked, a)
-                    };
-                    if connected {
-                        if announce {
-                            if client
-                                .try_publish(topics.availability(), QoS::AtLeastOnce, true, ONLINE)
-                                .is_ok()
-                            {
-                                handed += 1;
-                            }
-                            if let Some(t) = &status_topic {
-                                let _ = client.try_subscribe(t, QoS::AtLeastOnce);
-                            }
-                            for t in &subscriptions {
-                                let _ = client.try_subscribe(t, QoS::AtLeastOnce);
-                            }
-                            for (t, p) in &discovery_msgs {
-                                if client
-                                    .try_publish(t, QoS::AtLeastOnce, true, p.clone())
-                                    .is_ok()
-                                {
-                                    handed += 1;
-                                }
-                            }
-                        }
-                        for (camera, text) in states.drain(..) {
-                            if let Ok(t) = topics.state(&camera) {
-                                if client.try_publish(t, QoS::AtLeastOnce, true, text).is_ok() {
-                                    handed += 1;
-                                }
-                            }
-                        }
-                        for (camera, jpeg) in snapshots.drain(..) {
-                            if let Ok(t) = topics.snapshot(&camera) {
-                                if client
-                                    .try_publish(t, QoS::AtLeastOnce, true, jpeg.as_ref().clone())
-                                    .is_ok()
-                                {
-                                    handed += 1;
-                                }
-                            }
-                        }
-                        for (camera, p) in paused.drain(..) {
-                            if let Ok(t) = topics.paused(&camera) {
-                                if client
-                                    .try_publish(t, QoS::AtLeastOnce, true, p.to_string())
-                                    .is_ok()
-                                {
-                                    handed += 1;
-                                }
-                            }
-                        }
-                        while let Some((camera, json)) = results.pop_front() {
-                            if let Ok(t) = topics.command_result(&camera) {
-                                if client.try_publish(t, QoS::AtLeastOnce, false, json).is_ok() {
-                                    handed += 1;
-                                }
-                            }
-                        }
-                        if let Some(s) = stats.take() {
-                            if client
-                                .try_publish(topics.stats(), QoS::AtLeastOnce, false, s)
-                                .is_ok()
-                            {
-                                handed += 1;
-                            }
-                        }
-                        while handed.saturating_sub(acked) < MAX_IN_FLIGHT {
-                            let Some(e) = queue.pop_front() else { break };
-                            let topic = match topics.caption(&e.camera) {
-                                Ok(t) => t,
-                                Err(err) => {
-                                    tracing::error!("dropping an event: {err}");
-                                    continue;
-                                }
-                            };
-                            let payload = serde_json::to_vec(&e).expect("events serialise");
-                            match client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
-                                Ok(()) => {
-                                    handed += 1;
-                                    counters.published.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(_) => {
-                                    queue.push_front(e);
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    counters.queued.store(
-                        queue.len() as u64 + handed.saturating_sub(acked),
-                        Ordering::Relaxed,
-                    );
+                    hand_over(&client, &mut outbox);
+                    counters.queued.store(outbox.pending(), Ordering::Relaxed);
+                    counters.dropped.store(outbox.dropped(), Ordering::Relaxed);
+                    counters
+                        .published
+                        .store(outbox.published_events(), Ordering::Relaxed);
                     if let Some(since) = stopping_since {
-                        let drained = queue.is_empty() && handed <= acked;
+                        let drained = outbox.drained();
                         if drained || since.elapsed() >= shutdown_timeout {
                             if !drained {
                                 tracing::warn!(
                                     "shutting down with {} events undelivered",
-                                    queue.len() as u64 + handed.saturating_sub(acked)
+                                    outbox.pending()
                                 );
                             }
                             break;
@@ -557,20 +382,29 @@ impl Publisher {
                     }
                 }
                 // Going offline: say so (retained), give the broker a moment to take it.
-                if shared.lock().expect("publisher state").connected {
-                    let before = shared.lock().expect("publisher state").acked;
-                    let _ =
-                        client.try_publish(topics.availability(), QoS::AtLeastOnce, true, OFFLINE);
-                    let t = Instant::now();
-                    while t.elapsed() < Duration::from_secs(2)
-                        && shared.lock().expect("publisher state").acked == before
+                if outbox.connected() {
+                    let offline = Out::Publish {
+                        topic: topics.availability(),
+                        payload: OFFLINE.into(),
+                        retain: true,
+                        event: None,
+                    };
+                    if client
+                        .try_publish(topics.availability(), QoS::AtLeastOnce, true, OFFLINE)
+                        .is_ok()
                     {
-                        std::thread::sleep(Duration::from_millis(10));
+                        outbox.handed(&offline);
+                    }
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_secs(2) && outbox.in_flight() > 0 {
+                        if let Ok(input) = rx.recv_timeout(Duration::from_millis(10)) {
+                            outbox.apply(input);
+                        }
                     }
                     let _ = client.try_disconnect();
                 }
                 if let Some(path) = &queue_file {
-                    save_queue(path, &queue);
+                    save_queue(path, &outbox.into_queue());
                 }
                 quit.store(true, Ordering::Relaxed);
             })
@@ -588,7 +422,7 @@ impl Publisher {
             self.counters.queued.fetch_add(1, Ordering::Relaxed);
         }
         // The publisher thread only ends in `finish`.
-        let _ = self.tx.send(m);
+        let _ = self.tx.send(Input::Message(m));
     }
 
     /// Deliver what is queued (bounded by the shutdown timeout), publish `offline`, stop.
@@ -596,6 +430,33 @@ impl Publisher {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Hand the client what the outbox has ready, in order, until it refuses one (its request
+/// channel is full); the refused rest goes back to the outbox.
+fn hand_over(client: &Client, outbox: &mut Outbox) {
+    let mut batch = outbox.ready().into_iter();
+    while let Some(out) = batch.next() {
+        let taken = match &out {
+            Out::Publish {
+                topic,
+                payload,
+                retain,
+                ..
+            } => client
+                .try_publish(topic.as_str(), QoS::AtLeastOnce, *retain, payload.clone())
+                .is_ok(),
+            Out::Subscribe(topic) => client
+                .try_subscribe(topic.as_str(), QoS::AtLeastOnce)
+                .is_ok(),
+        };
+        if taken {
+            outbox.handed(&out);
+        } else {
+            outbox.refused(std::iter::once(out).chain(batch).collect());
+            return;
         }
     }
 }
