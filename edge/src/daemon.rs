@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use caption_proto::mqtt::{CaptionEvent, Command, CommandResult, StageLatency, Stats};
+use caption_proto::mqtt::{CaptionEvent, Stats};
 
 use crate::config::Config;
 use crate::frames::{self, FramePrep, Prepped, Stage};
 use crate::hub::{Hub, Summary};
+use crate::pipeline::{FramePipeline, Inference, Outcome};
 use crate::publish::{Incoming, Message, PublishError, Publisher};
 use crate::source::SourceError;
 use caption_runtime::{Engine, EngineError};
@@ -38,68 +39,11 @@ pub enum DaemonError {
     FrameThread,
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// The JPEG of a snapshot.
 pub fn encode_jpeg(rgb: &image::RgbImage, quality: u8) -> Result<Vec<u8>, image::ImageError> {
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).encode_image(rgb)?;
     Ok(out)
-}
-
-/// Pause state of the camera, driven by commands.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Control {
-    pub paused: bool,
-    /// Caption (and publish) the next frame even while paused.
-    pub caption_now: bool,
-}
-
-impl Control {
-    /// Apply a command; the message says what was done. `interval_ms` is the source's.
-    pub fn apply(&mut self, command: Command, interval_ms: &AtomicU64) -> String {
-        match command {
-            Command::CaptionNow => {
-                self.caption_now = true;
-                "the next frame will be captioned".into()
-            }
-            Command::Pause => {
-                self.paused = true;
-                "paused".into()
-            }
-            Command::Resume => {
-                self.paused = false;
-                "resumed".into()
-            }
-            Command::Interval { interval_ms: n } => {
-                interval_ms.store(n, Ordering::Relaxed);
-                format!("interval_ms set to {n}")
-            }
-        }
-    }
-
-    /// Whether a ready frame is captioned; takes a pending `caption_now`.
-    pub fn admit(&mut self) -> Admit {
-        if self.caption_now {
-            self.caption_now = false;
-            Admit::Forced
-        } else if self.paused {
-            Admit::Paused
-        } else {
-            Admit::Normal
-        }
-    }
-}
-
-/// What [`Control::admit`] decided for a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
-    Normal,
-    /// `caption_now`: captioned and published whatever `publish_on_change` says.
-    Forced,
-    Paused,
 }
 
 /// Run the daemon until the source ends or `shutdown` is set; `http_token` is
@@ -174,7 +118,11 @@ pub fn run(
         std::slice::from_ref(&camera),
         config.http.history,
     ));
-    let inference_lock = Arc::new(Mutex::new(()));
+    let mut inference = Inference {
+        engine: engine.clone(),
+        lock: Arc::new(Mutex::new(())),
+        beam: config.model.beam,
+    };
     if let Some(listen) = &config.http.listen {
         crate::http::start(
             crate::http::Settings {
@@ -185,11 +133,7 @@ pub fn run(
                 history: config.http.history,
             },
             hub.clone(),
-            crate::http::Inference {
-                engine: engine.clone(),
-                lock: inference_lock.clone(),
-                beam: config.model.beam,
-            },
+            inference.clone(),
         )?;
     }
     // Snapshots are made when someone can see them: over MQTT or on the page.
@@ -212,7 +156,6 @@ pub fn run(
         Ok(Stage::Failed(e)) => return Err(e.into()),
         _ => return Err(DaemonError::FrameThread),
     }
-    let mut control = Control::default();
     publisher.send(Message::Paused {
         camera: camera.clone(),
         paused: false,
@@ -221,12 +164,14 @@ pub fn run(
     let started = Instant::now();
     let stats_every = Duration::from_secs(config.mqtt.stats_interval_s);
     let mut last_stats = Instant::now();
-    let mut last_text: Option<String> = None;
-    let mut sequence = 0u64;
     // Captions and inference milliseconds since the last stats message.
     let mut window = (0u64, 0.0f64);
-    let beam = config.model.beam;
-    let run_id = started_unix(started);
+    let mut pipeline = FramePipeline::new(
+        camera.clone(),
+        model_id.clone(),
+        started_unix(started),
+        config.source.publish_on_change,
+    );
     let counts = &hub.frames;
     let send_stats = |window: &mut (u64, f64), since: Duration| {
         let c = &publisher.counters;
@@ -248,6 +193,13 @@ pub fn run(
         publisher.send(Message::Stats(json));
     };
 
+    // A caption made: counted, and in the latency histograms.
+    let counted = |event: &CaptionEvent, window: &mut (u64, f64)| {
+        counts.captions.fetch_add(1, Ordering::Relaxed);
+        window.0 += 1;
+        window.1 += event.latency_ms.encoder + event.latency_ms.decoder;
+        hub.observe(event);
+    };
     while !shutdown.load(Ordering::Relaxed) {
         if !stats_every.is_zero() && last_stats.elapsed() >= stats_every {
             send_stats(&mut window, last_stats.elapsed());
@@ -258,33 +210,20 @@ pub fn run(
             payload,
         }) = commands.try_recv()
         {
-            let result = match Command::parse(&payload) {
-                Ok(command) => {
-                    let was_paused = control.paused;
-                    let message = control.apply(command, &interval_ms);
-                    tracing::info!("command {} on {cam}: {message}", command.name());
-                    if control.paused != was_paused {
-                        hub.set_paused(&cam, control.paused);
-                        publisher.send(Message::Paused {
-                            camera: cam.clone(),
-                            paused: control.paused,
-                        });
-                    }
-                    CommandResult {
-                        command: command.name().into(),
-                        ok: true,
-                        message,
-                    }
-                }
-                Err(reason) => {
-                    tracing::warn!("command on {cam} refused: {reason}");
-                    CommandResult {
-                        command: String::from_utf8_lossy(&payload).chars().take(64).collect(),
-                        ok: false,
-                        message: reason,
-                    }
-                }
-            };
+            let (result, paused_changed) = pipeline.on_command(&payload, &interval_ms);
+            if result.ok {
+                tracing::info!("command {} on {cam}: {}", result.command, result.message);
+            } else {
+                tracing::warn!("command on {cam} refused: {}", result.message);
+            }
+            if paused_changed {
+                let paused = pipeline.control.paused;
+                hub.set_paused(&cam, paused);
+                publisher.send(Message::Paused {
+                    camera: cam.clone(),
+                    paused,
+                });
+            }
             publisher.send(Message::CommandResult {
                 camera: cam,
                 json: serde_json::to_string(&result).expect("results serialise"),
@@ -311,54 +250,26 @@ pub fn run(
                 continue
             }
         };
-        let admit = control.admit();
-        if admit == Admit::Paused {
-            counts.paused.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let this_sequence = sequence;
-        sequence += 1;
-        let result = {
-            let _one_at_a_time = inference_lock.lock().unwrap_or_else(|e| e.into_inner());
-            engine.caption_pixels(&frame.pixels, beam, frame.decode)
-        };
-        let (caption, times) = match result {
-            Ok(r) => r,
-            Err(e) => {
+        let event = match pipeline.on_frame(&frame, &mut inference) {
+            Outcome::Paused => {
+                counts.paused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Outcome::Failed(e) => {
                 counts.skipped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(frame = %frame.origin, "captioning failed: {e}");
                 continue;
             }
+            Outcome::Unchanged(event) => {
+                counted(&event, &mut window);
+                counts.unchanged.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Outcome::Publish(event) => {
+                counted(&event, &mut window);
+                event
+            }
         };
-        counts.captions.fetch_add(1, Ordering::Relaxed);
-        window.0 += 1;
-        window.1 += ms(times.encoder + times.decoder);
-        let timestamp = humantime::format_rfc3339_millis(frame.captured_at).to_string();
-        let event = CaptionEvent {
-            id: format!("{camera}-{run_id}-{this_sequence}"),
-            camera: camera.clone(),
-            timestamp,
-            caption: caption.text.clone(),
-            score: caption.hypothesis.mean_log_prob() as f64,
-            model_id: model_id.clone(),
-            sequence: this_sequence,
-            latency_ms: StageLatency {
-                capture: ms(frame.capture),
-                decode: ms(frame.decode),
-                encoder: ms(times.encoder),
-                decoder: ms(times.decoder),
-                total: ms(frame.capture + frame.decode + times.encoder + times.decoder),
-            },
-        };
-        hub.observe(&event);
-        if admit == Admit::Normal
-            && config.source.publish_on_change
-            && last_text.as_deref() == Some(caption.text.as_str())
-        {
-            counts.unchanged.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        last_text = Some(caption.text.clone());
         let snapshot = match &frame.snapshot {
             Some(rgb) => match encode_jpeg(rgb, config.snapshot.quality) {
                 Ok(jpeg) => Some(Arc::new(jpeg)),
@@ -370,10 +281,10 @@ pub fn run(
             None => None,
         };
         hub.published(&event, snapshot.clone());
-        tracing::info!(frame = %frame.origin, "{}", caption.text);
+        tracing::info!(frame = %frame.origin, "{}", event.caption);
         publisher.send(Message::State {
             camera: camera.clone(),
-            text: caption.text,
+            text: event.caption.clone(),
         });
         if let (Some(jpeg), true) = (snapshot, config.snapshot.mqtt) {
             publisher.send(Message::Snapshot {
@@ -410,22 +321,6 @@ fn started_unix(started: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn caption_now_while_paused_admits_exactly_one_frame() {
-        let interval = AtomicU64::new(0);
-        let mut c = Control::default();
-        assert_eq!(c.admit(), Admit::Normal);
-        assert_eq!(c.apply(Command::Pause, &interval), "paused");
-        assert_eq!(c.admit(), Admit::Paused);
-        c.apply(Command::CaptionNow, &interval);
-        assert_eq!(c.admit(), Admit::Forced);
-        assert_eq!(c.admit(), Admit::Paused);
-        c.apply(Command::Resume, &interval);
-        assert_eq!(c.admit(), Admit::Normal);
-        c.apply(Command::Interval { interval_ms: 750 }, &interval);
-        assert_eq!(interval.load(Ordering::Relaxed), 750);
-    }
 
     #[test]
     fn snapshots_encode_as_decodable_jpeg() {

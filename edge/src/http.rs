@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::body::Bytes;
@@ -27,9 +27,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use caption_proto::mqtt::{CaptionEvent, StageLatency};
 use caption_proto::preprocess::decode_rgb;
-use caption_runtime::Engine;
 
 use crate::hub::Hub;
+pub use crate::pipeline::Inference;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -38,14 +38,6 @@ pub enum HttpError {
         listen: SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// The engine and the lock every inference takes (frames and HTTP requests alike).
-#[derive(Clone)]
-pub struct Inference {
-    pub engine: Arc<Engine>,
-    pub lock: Arc<Mutex<()>>,
-    pub beam: usize,
 }
 
 pub struct Settings {

@@ -10,6 +10,7 @@ pub mod frames;
 pub mod http;
 pub mod hub;
 pub mod outbox;
+pub mod pipeline;
 pub mod publish;
 pub mod source;
 
