@@ -17,6 +17,7 @@ ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)  
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)  # MQTT tests
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)  # the README's subscriber
 command -v openssl >/dev/null || missing+=(openssl)       # the TLS test makes its own CA
+command -v make >/dev/null || missing+=(make)             # AFL++ for the fuzz targets (scripts/fuzz.sh)
 foreign_arch=""
 if [[ "${1:-}" == "--pi" ]]; then
   TARGET=aarch64-unknown-linux-gnu

@@ -74,6 +74,10 @@ pi_lane() {
   t0=$SECONDS
   scripts/install-cargo-deb.sh >/dev/null
   echo "$(printf '%-16s %5d s' pi:cargo-deb $((SECONDS - t0)))" >>"$LOGS/pi-lane.timings"
+  # The fuzz targets, instrumented by cargo-afl (their own target dir; cached after once).
+  t0=$SECONDS
+  FUZZ_BUILD_ONLY=1 scripts/fuzz.sh >/dev/null
+  echo "$(printf '%-16s %5d s' pi:fuzz-build $((SECONDS - t0)))" >>"$LOGS/pi-lane.timings"
 }
 pi_lane >"$LOGS/pi-lane.log" 2>&1 &
 PI_LANE=$!
@@ -109,3 +113,5 @@ wait_pi_lane() {
 stage wait-pi-lane wait_pi_lane
 # The qemu A72/A76 comparison and the .deb checks, on what the two lanes built.
 stage pi-checks scripts/check-aarch64.sh
+# A short AFL++ run of every fuzz target (scripts/fuzz.sh; the README says how to run long).
+stage fuzz-smoke env RUNS=20000 SECONDS_PER_TARGET=15 scripts/fuzz.sh

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backoff::Backoff;
 use crate::config::{SourceConfig, SourceKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +291,11 @@ impl MjpegSplitter {
         out
     }
 
+    /// Bytes held for a frame not yet complete.
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Give up the frame being assembled and look for the next SOI after its start.
     fn resync(&mut self) {
         self.dropped += 1;
@@ -387,6 +391,7 @@ impl FrameSource for StdinSource {
 #[cfg(feature = "camera")]
 mod camera {
     use super::*;
+    use crate::backoff::Backoff;
     use crate::config::PixelFormat;
     use nokhwa::pixel_format::RgbFormat;
     use nokhwa::utils::{
