@@ -21,6 +21,8 @@ pub enum BleuError {
     NoWeights,
     #[error("weight {index} is {value}: weights must be finite numbers")]
     BadWeight { index: usize, value: f64 },
+    #[error("{weights} weights, but the statistics were collected up to order {order}")]
+    OrderTooLow { weights: usize, order: usize },
 }
 
 /// Sufficient statistics of a corpus for BLEU up to order `max_n`, gathered in one pass
@@ -100,10 +102,12 @@ impl BleuStats {
     /// the order the statistics were collected for.
     pub fn nltk(&self, weights: &[f64]) -> Result<f64, BleuError> {
         check_weights(weights)?;
-        assert!(
-            weights.len() <= self.matches.len(),
-            "statistics collected for a lower order than the weights"
-        );
+        if weights.len() > self.matches.len() {
+            return Err(BleuError::OrderTooLow {
+                weights: weights.len(),
+                order: self.matches.len(),
+            });
+        }
         // NLTK returns exactly 0 when no unigram matches at all.
         if self.matches.first().copied().unwrap_or(0) == 0 {
             return Ok(0.0);
@@ -327,6 +331,21 @@ mod tests {
         // Per-sentence denominator floor of 1 for NLTK, none for coco.
         assert_eq!(stats.nltk_totals, [4, 3, 2, 2]);
         assert_eq!(stats.coco_guesses, [3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn weights_beyond_the_collected_order_are_an_error_not_a_panic() {
+        let refs = vec![vec![toks("a b c")]];
+        let hyps = vec![toks("a b c")];
+        let stats = BleuStats::collect(&refs, &hyps, 2).unwrap();
+        assert_eq!(
+            stats.nltk(&[0.25; 4]),
+            Err(BleuError::OrderTooLow {
+                weights: 4,
+                order: 2
+            })
+        );
+        assert!(stats.nltk(&[0.5, 0.5]).is_ok());
     }
 
     #[test]
