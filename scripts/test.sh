@@ -74,10 +74,6 @@ pi_lane() {
   t0=$SECONDS
   scripts/install-cargo-deb.sh >/dev/null
   echo "$(printf '%-16s %5d s' pi:cargo-deb $((SECONDS - t0)))" >>"$LOGS/pi-lane.timings"
-  # The fuzz targets, instrumented by cargo-afl (their own target dir; cached after once).
-  t0=$SECONDS
-  FUZZ_EDGE=0 FUZZ_BUILD_ONLY=1 scripts/fuzz.sh >/dev/null
-  echo "$(printf '%-16s %5d s' pi:fuzz-build $((SECONDS - t0)))" >>"$LOGS/pi-lane.timings"
 }
 pi_lane >"$LOGS/pi-lane.log" 2>&1 &
 PI_LANE=$!
@@ -113,6 +109,3 @@ wait_pi_lane() {
 stage wait-pi-lane wait_pi_lane
 # The qemu A72/A76 comparison and the .deb checks, on what the two lanes built.
 stage pi-checks scripts/check-aarch64.sh
-# A short AFL++ run of the caption-proto fuzz targets (scripts/fuzz.sh; the edge's config
-# and mjpeg targets would triple the cold build, so they run with the README's command).
-stage fuzz-smoke env FUZZ_EDGE=0 RUNS=20000 SECONDS_PER_TARGET=15 scripts/fuzz.sh
