@@ -11,7 +11,7 @@
 # moves it; scripts/test.sh keeps it in ~/.cache/caption/target-aarch64).
 #
 #   scripts/build-aarch64.sh            # -> target-aarch64/aarch64-unknown-linux-gnu/release/captiond
-#   scripts/build-aarch64.sh --no-default-features   # without the V4L2 camera source
+#   scripts/build-aarch64.sh --no-default-features --features daemon   # without the V4L2 camera
 #
 # The binary's default bundle (`captiond caption` without --bundle) is the packaged one,
 # /usr/share/captiond/models/flickr8k-lite0-f16.

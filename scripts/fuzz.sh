@@ -27,20 +27,13 @@ if ! out=$(cargo afl config --build 2>&1) && ! grep -q "already built" <<<"$out"
 fi
 export CARGO_TARGET_DIR="$cache/target-fuzz"
 unset RUSTC_WORKSPACE_WRAPPER
-# FUZZ_EDGE=0 leaves out the edge's targets (config, mjpeg) and so tract & co. from the
-# instrumented build: CI does that to stay inside its time budget.
-features=(--features edge)
 targets=("$@")
-if [[ ${FUZZ_EDGE:-1} == 0 ]]; then
-  features=()
-  ((${#targets[@]})) || targets=(manifest vocab flickr8k_text image command)
-fi
-((${#targets[@]})) || targets=(manifest vocab flickr8k_text image command config mjpeg)
-cargo afl build --release --locked --manifest-path fuzz/Cargo.toml "${features[@]}" >&2
+((${#targets[@]})) || targets=(manifest vocab flickr8k_text image command config mjpeg pth safetensors)
+cargo afl build --release --locked --manifest-path fuzz/Cargo.toml >&2
 [[ -z ${FUZZ_BUILD_ONLY:-} ]] || exit 0
 seeds="$cache/fuzz-seeds"
 rm -rf "$seeds"
-mkdir -p "$seeds"/{manifest,vocab,flickr8k_text,image,command,config,mjpeg}
+mkdir -p "$seeds"/{manifest,vocab,flickr8k_text,image,command,config,mjpeg,pth,safetensors}
 for m in models/*/manifest.toml; do cp "$m" "$seeds/manifest/$(basename "$(dirname "$m")").toml"; done
 # vocabularies are large: seed with the head of one and a small valid one.
 head -c 3000 models/flickr8k-lite0-f16/vocab.json >"$seeds/vocab/head.json"
@@ -64,6 +57,9 @@ cp edge/debian/captiond.toml "$seeds/config/packaged.toml"
 # MJPEG: the first byte sets the chunk size; then two small real frames back to back.
 small=$(ls -S fixtures/flickr8k/Flicker8k_Dataset/*.jpg | tail -n 2)
 { printf '\x07'; cat $small; } >"$seeds/mjpeg/two-frames"
+# Checkpoints written by real PyTorch (scripts/golden/torch_checkpoints.py), both formats.
+cp weights/tests/data/checkpoints/small-{zip,legacy}.pth "$seeds/pth/"
+cp weights/tests/data/checkpoints/small-expected.safetensors "$seeds/safetensors/"
 { printf '\x00garbage\xff\xd8\xff\xe1\x00\x04ab'; head -c 200 $(echo "$small" | head -n 1); } >"$seeds/mjpeg/cut"
 
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_QUIET=1

@@ -65,7 +65,8 @@ if [[ "$(cat "$CACHE/last-checkout" 2>/dev/null)" != "$REPO" ]]; then
 fi
 echo "$REPO" >"$CACHE/last-checkout"
 
-# The pi lane: the aarch64 release build of captiond and cargo-deb, beside the x86 lane.
+# The pi lane, beside the x86 lane: the aarch64 release build of captiond, cargo-deb, and a
+# smoke run of the fuzz targets (their own instrumented build).
 # Its output goes to a log, shown when it fails; its timings join the summary.
 pi_lane() {
   local t0=$SECONDS
@@ -74,6 +75,10 @@ pi_lane() {
   t0=$SECONDS
   scripts/install-cargo-deb.sh >/dev/null
   echo "$(printf '%-16s %5d s' pi:cargo-deb $((SECONDS - t0)))" >>"$LOGS/pi-lane.timings"
+  # A smoke run of every fuzz target (AFL++ through cargo-afl; ~5 min cold, ~2 warm).
+  t0=$SECONDS
+  RUNS=20000 SECONDS_PER_TARGET=15 scripts/fuzz.sh
+  echo "$(printf '%-16s %5d s' pi:fuzz-smoke $((SECONDS - t0)))" >>"$LOGS/pi-lane.timings"
 }
 pi_lane >"$LOGS/pi-lane.log" 2>&1 &
 PI_LANE=$!
@@ -100,11 +105,12 @@ stage doc-tests cargo test --workspace --doc --locked
 wait_pi_lane() {
   if ! wait "$PI_LANE"; then
     PI_LANE=""
-    echo "test.sh: the pi lane (aarch64 build, cargo-deb) failed; its log:" >&2
+    echo "test.sh: the pi lane (aarch64 build, cargo-deb, fuzz smoke) failed; its log:" >&2
     tail -n 60 "$LOGS/pi-lane.log" >&2
     return 1
   fi
   PI_LANE=""
+  grep -A 20 '^== fuzz summary' "$LOGS/pi-lane.log" >&2
 }
 stage wait-pi-lane wait_pi_lane
 # The qemu A72/A76 comparison and the .deb checks, on what the two lanes built.

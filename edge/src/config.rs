@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use caption_runtime::{EngineOptions, Precision};
+use caption_proto::Precision;
+#[cfg(feature = "daemon")]
+use caption_runtime::EngineOptions;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +111,7 @@ pub struct ModelConfig {
     pub threads: Option<usize>,
 }
 
+#[cfg(feature = "daemon")]
 impl ModelConfig {
     /// The engine options this section asks for.
     pub fn engine_options(&self) -> EngineOptions {
@@ -604,6 +607,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "daemon")]
     #[test]
     fn model_threads_default_to_all_cores() {
         let p = Path::new("c.toml");

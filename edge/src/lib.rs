@@ -2,17 +2,25 @@
 //! daemon's configuration, wired up by the `captiond` binary around the inference engine
 //! of `caption-runtime`.
 
+// The pure core: no inference, no network (built alone for the fuzz targets).
 pub mod backoff;
-pub mod broker;
 pub mod config;
-pub mod daemon;
 pub mod frames;
-pub mod http;
-pub mod hub;
 pub mod outbox;
 pub mod pipeline;
-pub mod publish;
 pub mod source;
+
+// The daemon around it (feature `daemon`, on by default).
+#[cfg(feature = "daemon")]
+pub mod broker;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod http;
+#[cfg(feature = "daemon")]
+pub mod hub;
+#[cfg(feature = "daemon")]
+pub mod publish;
 
 /// The bundle `captiond` uses when none is given: the committed default model, relative
 /// to the working directory (the repository root). A packaged build sets

@@ -5,10 +5,10 @@
 //! everything decided here is unit-tested with a scripted captioner.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use caption_proto::mqtt::{CaptionEvent, Command, CommandResult, StageLatency};
+#[cfg(feature = "daemon")]
 use caption_runtime::Engine;
 
 use crate::frames::Prepared;
@@ -29,13 +29,15 @@ pub trait Captioner {
 }
 
 /// The engine and the lock every inference takes (frames and HTTP requests alike).
+#[cfg(feature = "daemon")]
 #[derive(Clone)]
 pub struct Inference {
-    pub engine: Arc<Engine>,
-    pub lock: Arc<Mutex<()>>,
+    pub engine: std::sync::Arc<Engine>,
+    pub lock: std::sync::Arc<std::sync::Mutex<()>>,
     pub beam: usize,
 }
 
+#[cfg(feature = "daemon")]
 impl Captioner for Inference {
     fn caption(&mut self, pixels: &[f32]) -> Result<Captioned, String> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());

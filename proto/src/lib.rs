@@ -11,6 +11,7 @@ pub mod dataset;
 pub mod evaluation;
 pub mod manifest;
 pub mod mqtt;
+pub mod precision;
 pub mod preprocess;
 pub mod search;
 pub mod text;
@@ -19,5 +20,6 @@ pub mod vocab;
 
 pub use bleu::{coco_bleu, corpus_bleu, BleuError, BleuStats};
 pub use dataset::{DatasetError, Flickr8k, ImageCaptions, Split};
+pub use precision::Precision;
 pub use text::{clean_caption, wrap, TextRules, END_TOKEN, START_TOKEN};
 pub use vocab::{Vocabulary, PADDING_INDEX};

@@ -1,7 +1,7 @@
 """Writes small checkpoints with real PyTorch (2.11) in both checkpoint formats, plus the
 same tensors as safetensors, for the weight-reader tests:
 
-    python scripts/golden/torch_checkpoints.py trainer/tests/data/checkpoints
+    python scripts/golden/torch_checkpoints.py weights/tests/data/checkpoints
 
 The state dict comes from a real nn.Module (OrderedDict with `_metadata`, BatchNorm's int64
 `num_batches_tracked`), plus a transposed (non-contiguous) view, two views sharing one

@@ -5,7 +5,7 @@ use std::process::Command;
 use caption_tests::workspace_root;
 
 /// Crate names (with versions) in the normal and build dependency tree of a package.
-fn dependency_tree(package: &str) -> String {
+fn dependency_tree(package: &str, extra: &[&str]) -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(workspace_root())
@@ -19,6 +19,7 @@ fn dependency_tree(package: &str) -> String {
             "--prefix",
             "none",
         ])
+        .args(extra)
         .output()
         .expect("cargo tree runs");
     assert!(
@@ -30,7 +31,11 @@ fn dependency_tree(package: &str) -> String {
 }
 
 fn assert_free_of(package: &str, forbidden: &[&str]) {
-    let tree = dependency_tree(package);
+    assert_free_of_with(package, &[], forbidden)
+}
+
+fn assert_free_of_with(package: &str, cargo_args: &[&str], forbidden: &[&str]) {
+    let tree = dependency_tree(package, cargo_args);
     assert!(tree.contains(package), "unexpected tree:\n{tree}");
     for name in forbidden {
         assert!(
@@ -74,6 +79,32 @@ fn runtime_depends_on_neither_libtorch_nor_the_daemon() {
             "rumqttc ",
             "rumqttd ",
             "caption-edge ",
+        ],
+    );
+}
+
+/// The weights reader is pure Rust: the trainer reads ImageNet weights with it, and the
+/// fuzz targets build it instrumented without libtorch.
+#[test]
+fn weights_reader_is_pure_rust() {
+    assert_free_of("caption-weights", &["tch ", "torch-sys ", "tract"]);
+}
+
+/// Without its `daemon` feature the edge crate is its pure core: no inference, MQTT or
+/// HTTP server (what keeps the fuzz targets' instrumented build in minutes).
+#[test]
+fn edge_core_has_no_runtime_network_or_camera() {
+    assert_free_of_with(
+        "caption-edge",
+        &["--no-default-features"],
+        &[
+            "tract",
+            "caption-runtime ",
+            "rumqttc ",
+            "rumqttd ",
+            "axum ",
+            "tokio ",
+            "nokhwa ",
         ],
     );
 }

@@ -15,4 +15,6 @@ pub mod plot;
 pub mod prepare;
 pub mod scoring;
 pub mod train;
-pub mod weights;
+/// Weight import (PyTorch checkpoints, safetensors): its own pure-Rust crate, so that it
+/// can be fuzzed without libtorch.
+pub use caption_weights as weights;

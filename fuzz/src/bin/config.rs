@@ -8,7 +8,6 @@ fn main() {
         };
         if let Ok(c) = Config::parse(text, std::path::Path::new("fuzz.toml")) {
             let _ = c.to_toml();
-            let _ = c.model.engine_options();
         }
     });
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use caption_trainer::weights::{read_weights, DType};
+use caption_weights::{read_weights, DType};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,4 +1,4 @@
-//! Weight import without Python: PyTorch checkpoints (zip format of torch >= 1.6 and the
+//! `caption-weights`: weight import without Python: PyTorch checkpoints (zip format of torch >= 1.6 and the
 //! legacy format of older `torch.save`) and safetensors.
 //!
 //! The checkpoint reader is written by hand: no maintained crate reads both PyTorch
@@ -93,12 +93,20 @@ pub fn read_weights(path: &Path) -> Result<HashMap<String, WeightTensor>, Weight
         path: path.to_owned(),
         source,
     })?;
+    parse_weights(path, &bytes)
+}
+
+/// [`read_weights`] on bytes already in memory; `path` only names them in errors.
+pub fn parse_weights(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<HashMap<String, WeightTensor>, WeightsError> {
     if bytes.starts_with(b"PK\x03\x04") {
-        read_zip_checkpoint(path, &bytes)
+        read_zip_checkpoint(path, bytes)
     } else if bytes.first() == Some(&0x80) {
-        read_legacy_checkpoint(path, &bytes)
+        read_legacy_checkpoint(path, bytes)
     } else {
-        read_safetensors(path, &bytes)
+        read_safetensors(path, bytes)
     }
 }
 
