@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use caption_proto::mqtt::{CaptionEvent, Stats};
 
@@ -169,7 +169,7 @@ pub fn run(
     let mut pipeline = FramePipeline::new(
         camera.clone(),
         model_id.clone(),
-        started_unix(started),
+        caption_proto::mqtt::new_run_id(),
         config.source.publish_on_change,
     );
     let counts = &hub.frames;
@@ -307,15 +307,6 @@ pub fn run(
     );
     publisher.finish();
     Ok(())
-}
-
-/// The daemon's start time in Unix seconds: with the sequence number it makes event ids
-/// unique across restarts.
-fn started_unix(started: Instant) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    now.saturating_sub(started.elapsed()).as_secs()
 }
 
 #[cfg(test)]

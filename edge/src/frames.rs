@@ -219,7 +219,7 @@ mod tests {
         Preprocessing {
             size: 8,
             filter: ResizeFilter::Triangle,
-            channels: "RGB".into(),
+            channels: caption_proto::preprocess::Channels::Rgb,
             mean: [127.5; 3],
             std: [127.5; 3],
         }

@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -25,7 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use caption_proto::mqtt::{CaptionEvent, StageLatency};
+use caption_proto::mqtt::{CaptionEvent, Origin, StageLatency};
 use caption_proto::preprocess::decode_rgb;
 
 use crate::hub::Hub;
@@ -76,9 +76,7 @@ pub fn start(settings: Settings, hub: Arc<Hub>, inference: Inference) -> Result<
         history: settings.history,
         in_flight: AtomicUsize::new(0),
         sequence: AtomicU64::new(0),
-        run_id: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        run_id: caption_proto::mqtt::new_run_id(),
     });
     let router = router(app, settings.max_body_bytes);
     // Posted images are captioned on one blocking thread, one after the other (they take
@@ -308,25 +306,22 @@ fn caption_image(app: &App, body: &[u8]) -> Result<CaptionEvent, (StatusCode, St
             .caption_pixels(&pixels, app.inference.beam, decode)
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     };
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let sequence = app.sequence.fetch_add(1, Ordering::Relaxed);
     app.hub.frames.http_captions.fetch_add(1, Ordering::Relaxed);
-    Ok(CaptionEvent {
-        id: format!("http-{}-{sequence}", app.run_id),
+    let origin = Origin {
         camera: "http".into(),
-        timestamp: humantime::format_rfc3339_millis(captured_at).to_string(),
-        caption: caption.text,
-        score: caption.hypothesis.mean_log_prob() as f64,
-        model_id: engine.manifest().model_id.clone(),
+        run_id: app.run_id,
         sequence,
-        latency_ms: StageLatency {
-            capture: 0.0,
-            decode: ms(decode),
-            encoder: ms(times.encoder),
-            decoder: ms(times.decoder),
-            total: ms(started.elapsed()),
-        },
-    })
+        captured_at,
+        image: None,
+    };
+    Ok(CaptionEvent::new(
+        origin,
+        caption.text,
+        caption.hypothesis.mean_log_prob() as f64,
+        engine.manifest().model_id.clone(),
+        StageLatency::from_stages(Duration::ZERO, decode, times.encoder, times.decoder),
+    ))
 }
 
 #[cfg(test)]

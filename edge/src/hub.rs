@@ -337,6 +337,7 @@ mod tests {
                 decoder: 2.0,
                 total: 35.0,
             },
+            image: None,
         }
     }
 

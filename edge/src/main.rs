@@ -58,6 +58,16 @@ struct Cli {
     command: Command,
 }
 
+/// A line of `captiond caption --json`.
+#[derive(serde::Serialize)]
+struct FileCaptionLine {
+    #[serde(flatten)]
+    event: caption_proto::mqtt::CaptionEvent,
+    precision: Precision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    features: Option<Vec<f32>>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon: caption frames from the configured source and publish them over
@@ -153,9 +163,17 @@ fn init_logging(level: &str) {
     let filter = std::env::var("CAPTIOND_LOG").unwrap_or_else(|_| level.to_owned());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::prelude::*;
+    let noise = tracing_subscriber::filter::filter_fn(|meta| {
+        !caption_edge::broker::is_clean_disconnect_noise(meta)
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+                .with_filter(noise),
+        )
         .init();
 }
 
@@ -205,29 +223,29 @@ fn main() -> Result<()> {
             images,
         } => {
             let engine = load_engine(&bundle, &engine.options())?;
+            let precision = engine.precision().precision;
+            let run_id = caption_proto::mqtt::new_run_id();
             let mut failed = 0;
-            for path in &images {
-                match engine.caption_file_with_features(path, beam as usize) {
-                    Ok((caption, times, vector)) => {
+            for (sequence, path) in images.iter().enumerate() {
+                match caption_edge::pipeline::caption_file(
+                    &engine,
+                    path,
+                    beam as usize,
+                    run_id,
+                    sequence as u64,
+                ) {
+                    Ok((event, vector)) => {
                         if json {
-                            let mut line = serde_json::json!({
-                                    "image": path.display().to_string(),
-                                    "caption": caption.text,
-                                    "score": caption.hypothesis.mean_log_prob(),
-                                    "model_id": engine.manifest().model_id,
-                                    "precision": engine.precision().precision,
-                                    "latency_ms": {
-                                        "decode": times.preprocess.as_secs_f64() * 1e3,
-                                        "encoder": times.encoder.as_secs_f64() * 1e3,
-                                        "decoder": times.decoder.as_secs_f64() * 1e3,
-                                    }
-                            });
-                            if features {
-                                line["features"] = serde_json::json!(vector);
-                            }
-                            println!("{line}");
+                            // The daemon's event, plus the precision the encoder ran in
+                            // and, with --features, the feature vector.
+                            let line = FileCaptionLine {
+                                event,
+                                precision,
+                                features: features.then_some(vector),
+                            };
+                            println!("{}", serde_json::to_string(&line)?);
                         } else {
-                            println!("{}\t{}", path.display(), caption.text);
+                            println!("{}\t{}", path.display(), event.caption);
                         }
                     }
                     Err(e) => {

@@ -321,6 +321,7 @@ mod tests {
             model_id: "m".into(),
             sequence: n,
             latency_ms: StageLatency::default(),
+            image: None,
         }
     }
 

@@ -7,7 +7,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use caption_proto::mqtt::{CaptionEvent, Command, CommandResult, StageLatency};
+use caption_proto::mqtt::{
+    CaptionEvent, Command, CommandResult, Origin, StageLatency, FILE_CAMERA,
+};
 #[cfg(feature = "daemon")]
 use caption_runtime::Engine;
 
@@ -52,6 +54,42 @@ impl Captioner for Inference {
             decoder: times.decoder,
         })
     }
+}
+
+/// `captiond caption`: one image file through the engine, as the event the daemon would
+/// publish for it (camera [`FILE_CAMERA`], `image` naming the file), with the image's
+/// feature vector (to compare builds, e.g. aarch64 against x86-64).
+#[cfg(feature = "daemon")]
+pub fn caption_file(
+    engine: &Engine,
+    path: &std::path::Path,
+    beam: usize,
+    run_id: u64,
+    sequence: u64,
+) -> Result<(CaptionEvent, Vec<f32>), caption_runtime::EngineError> {
+    let captured_at = std::time::SystemTime::now();
+    let (caption, times, features) = engine.caption_file_with_features(path, beam)?;
+    let origin = Origin {
+        camera: FILE_CAMERA.into(),
+        run_id,
+        sequence,
+        captured_at,
+        image: Some(path.display().to_string()),
+    };
+    let latency = StageLatency::from_stages(
+        Duration::ZERO,
+        times.preprocess,
+        times.encoder,
+        times.decoder,
+    );
+    let event = CaptionEvent::new(
+        origin,
+        caption.text,
+        caption.hypothesis.mean_log_prob() as f64,
+        engine.manifest().model_id.clone(),
+        latency,
+    );
+    Ok((event, features))
 }
 
 /// Pause state of the camera, driven by commands.
@@ -120,10 +158,6 @@ pub enum Outcome {
     Publish(CaptionEvent),
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// One camera's pipeline state: its control, the sequence number, the last published text.
 pub struct FramePipeline {
     pub camera: String,
@@ -187,22 +221,21 @@ impl FramePipeline {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(e),
         };
-        let event = CaptionEvent {
-            id: format!("{}-{}-{sequence}", self.camera, self.run_id),
+        let origin = Origin {
             camera: self.camera.clone(),
-            timestamp: humantime::format_rfc3339_millis(frame.captured_at).to_string(),
-            caption: c.text.clone(),
-            score: c.score,
-            model_id: self.model_id.clone(),
+            run_id: self.run_id,
             sequence,
-            latency_ms: StageLatency {
-                capture: ms(frame.capture),
-                decode: ms(frame.decode),
-                encoder: ms(c.encoder),
-                decoder: ms(c.decoder),
-                total: ms(frame.capture + frame.decode + c.encoder + c.decoder),
-            },
+            captured_at: frame.captured_at,
+            image: None,
         };
+        let latency = StageLatency::from_stages(frame.capture, frame.decode, c.encoder, c.decoder);
+        let event = CaptionEvent::new(
+            origin,
+            c.text.clone(),
+            c.score,
+            self.model_id.clone(),
+            latency,
+        );
         if admit == Admit::Normal
             && self.publish_on_change
             && self.last_text.as_deref() == Some(c.text.as_str())

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use caption_proto::mqtt::{CaptionEvent, FILE_CAMERA};
 use caption_runtime::Engine;
 
 fn workspace() -> PathBuf {
@@ -50,10 +51,20 @@ fn caption_json_with_features_matches_the_engine() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), images.len());
-    for (line, image) in lines.iter().zip(&images) {
+    for (i, (line, image)) in lines.iter().zip(&images).enumerate() {
         let (caption, _) = engine.caption_file(image, 1).unwrap();
-        assert_eq!(line["caption"], caption.text.as_str());
-        assert_eq!(line["model_id"], "flickr8k-lite0-f16");
+        // The daemon's caption event (camera `file`, the file in `image`), plus
+        // `precision` and `features`.
+        let event: CaptionEvent = serde_json::from_value(line.clone()).unwrap();
+        assert_eq!(event.caption, caption.text);
+        assert_eq!(event.model_id, "flickr8k-lite0-f16");
+        assert_eq!(event.camera, FILE_CAMERA);
+        assert_eq!(event.sequence, i as u64);
+        assert_eq!(event.image.as_deref(), Some(image.to_str().unwrap()));
+        assert!(
+            event.latency_ms.encoder > 0.0 && event.latency_ms.total >= event.latency_ms.encoder
+        );
+        assert_eq!(line["precision"], "f32");
         let pixels = engine.preprocessing().from_file(image).unwrap();
         let expected = engine.encode(&pixels).unwrap();
         let got: Vec<f32> = line["features"]

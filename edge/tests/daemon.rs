@@ -436,7 +436,7 @@ fn an_mjpeg_stream_on_stdin_is_captioned_frame_by_frame() {
 }
 
 #[test]
-fn the_embedded_broker_as_the_main_job_runs_it_serves_subscribers_and_starts_without_errors() {
+fn the_embedded_broker_as_the_main_job_runs_it_serves_subscribers_and_runs_without_errors() {
     // examples/demo.toml (scripts/main.sh) on a free port and an empty watched folder.
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -468,11 +468,10 @@ fn the_embedded_broker_as_the_main_job_runs_it_serves_subscribers_and_starts_wit
         stderr.contains("embedded MQTT broker listening"),
         "{stderr}"
     );
-    // No error at start (rumqttd may log one when the process stops under it).
-    let start = stderr.split("captioning frames from").next().unwrap();
+    // No error from start to stop (rumqttd logged a clean disconnect as one).
     assert!(
-        !start.contains("ERROR"),
-        "the start holds an error:\n{stderr}"
+        stderr.contains("stopping:") && !stderr.contains("ERROR"),
+        "the run holds an error:\n{stderr}"
     );
     for payload in seen.payloads(topic) {
         let event: CaptionEvent = serde_json::from_str(&payload).unwrap();

@@ -14,8 +14,10 @@ use crate::preprocess::Preprocessing;
 use crate::text::TextRules;
 use crate::vocab::Vocabulary;
 
-/// The newest manifest layout this build reads and writes.
-pub const BUNDLE_FORMAT_VERSION: u32 = 1;
+/// The manifest layout this build writes. Version 2 made `quantization` and `provenance`
+/// typed sections (numbers as numbers); version 1 manifests (string maps) are still read,
+/// converted in memory ([`Manifest::parse`]).
+pub const BUNDLE_FORMAT_VERSION: u32 = 2;
 /// The manifest's file name inside a bundle directory.
 pub const MANIFEST_FILE: &str = "manifest.toml";
 /// The file names the exporter gives a bundle's graphs and vocabulary (the manifest's
@@ -96,16 +98,230 @@ pub struct Manifest {
     pub vocabulary: VocabularySection,
     /// sha256 (lowercase hex) of every file of the bundle, by file name.
     pub files: BTreeMap<String, String>,
-    /// Quantization scheme and its details, free-form but documented by the exporter.
-    #[serde(default)]
-    pub quantization: BTreeMap<String, String>,
+    /// How the weights are stored and computed.
+    pub quantization: Quantization,
     /// Where the model came from: data, commands, epochs, losses.
-    #[serde(default)]
-    pub provenance: BTreeMap<String, String>,
+    pub provenance: Provenance,
     /// Scores measured on this very bundle (e.g. `coco_bleu4`), and the export's
     /// verification report.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// How a graph's weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    F32,
+    /// float16 storage, cast to f32 at load; f32 compute.
+    F16,
+    /// int8 weights (symmetric per output channel) with int8 activations.
+    Int8,
+}
+
+/// The bundle's quantization scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheme {
+    /// Every weight f32.
+    None,
+    /// Weights stored as float16 (encoder and decoder, or the decoder only); f32 compute.
+    Float16,
+    /// Static int8 encoder convolutions (`QLinearConv`: int8 weights symmetric per output
+    /// channel, int8 activations affine per tensor from calibration, BatchNorm folded,
+    /// ReLU/ReLU6 folded into the output range).
+    Int8Static,
+}
+
+/// The `[quantization]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    pub scheme: Scheme,
+    pub encoder_storage: Storage,
+    pub decoder_storage: Storage,
+    /// int8: Flickr8k train images whose activation min/max set the int8 ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_images: Option<u64>,
+    /// int8: encoder layers run as int8, and those left in f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_int8_layers: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_f32_layers: Option<u64>,
+    /// int8: the depthwise convolutions' storage (`f32` or `int8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_depthwise: Option<Storage>,
+    /// int8: the fully connected layers' form (`f32` or `int8-conv1x1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_fully_connected: Option<String>,
+}
+
+impl Quantization {
+    /// All f32.
+    pub fn none() -> Quantization {
+        Quantization::float(Storage::F32, Storage::F32)
+    }
+
+    /// A float bundle with these storages (`float16` when either is f16).
+    pub fn float(encoder: Storage, decoder: Storage) -> Quantization {
+        let scheme = if encoder == Storage::F16 || decoder == Storage::F16 {
+            Scheme::Float16
+        } else {
+            Scheme::None
+        };
+        Quantization {
+            scheme,
+            encoder_storage: encoder,
+            decoder_storage: decoder,
+            calibration_images: None,
+            encoder_int8_layers: None,
+            encoder_f32_layers: None,
+            encoder_depthwise: None,
+            encoder_fully_connected: None,
+        }
+    }
+}
+
+/// The `[provenance]` section: where the model came from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// The program that wrote the bundle, e.g. `caption-train 0.1.0`.
+    pub exporter: String,
+    /// The training data.
+    pub data: String,
+    /// The encoder's weights file (or `random (seed N)`).
+    pub encoder_weights: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_command: Option<String>,
+    /// The training checkpoint and its epoch and losses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// The features file the decoder was trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features_file: Option<String>,
+    /// The split the export's parity checks ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_split: Option<String>,
+    /// For a bundle rebuilt by `caption-train float-bundle`: the bundle it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float_bundle_of: Option<String>,
+    /// The training options (`caption-train train` flags), as a table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_options: Option<toml::Table>,
+}
+
+/// Version 1's string-valued sections, converted field by field.
+mod v1 {
+    use super::*;
+
+    fn number<T: std::str::FromStr>(
+        map: &BTreeMap<String, String>,
+        section: &str,
+        key: &str,
+    ) -> Result<Option<T>, (String, String)> {
+        map.get(key)
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| (format!("{section}.{key}"), format!("{v:?} is not a number")))
+            })
+            .transpose()
+    }
+
+    pub fn quantization(q: &BTreeMap<String, String>) -> Result<Quantization, (String, String)> {
+        let scheme = q.get("scheme").map(String::as_str).unwrap_or("none (f32)");
+        let decoder = match q.get("decoder") {
+            Some(d) if d.contains("float16") => Storage::F16,
+            _ => Storage::F32,
+        };
+        if scheme.starts_with("none") {
+            return Ok(Quantization::float(Storage::F32, decoder));
+        }
+        if scheme.contains("float16") {
+            return Ok(Quantization::float(Storage::F16, decoder));
+        }
+        if scheme != "int8 static" {
+            return Err((
+                "quantization.scheme".into(),
+                format!("{scheme:?} is not a scheme version 1 wrote"),
+            ));
+        }
+        // "min/max of every quantized tensor over 300 Flickr8k train images ...".
+        let calibration_images = q
+            .get("calibration")
+            .and_then(|c| c.split("over ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok());
+        let depthwise = match q.get("encoder_depthwise").map(String::as_str) {
+            Some("int8") => Some(Storage::Int8),
+            Some(_) => Some(Storage::F32),
+            None => None,
+        };
+        Ok(Quantization {
+            scheme: Scheme::Int8Static,
+            encoder_storage: Storage::Int8,
+            decoder_storage: decoder,
+            calibration_images,
+            encoder_int8_layers: number(q, "quantization", "encoder_int8_layers")?,
+            encoder_f32_layers: number(q, "quantization", "encoder_f32_layers")?,
+            encoder_depthwise: depthwise,
+            encoder_fully_connected: q.get("encoder_fully_connected").cloned(),
+        })
+    }
+
+    pub fn provenance(p: &BTreeMap<String, String>) -> Result<Provenance, (String, String)> {
+        let text = |k: &str| p.get(k).cloned();
+        let training_options = match p.get("training_options") {
+            None => None,
+            Some(json) => Some(serde_json::from_str::<toml::Table>(json).map_err(|e| {
+                (
+                    "provenance.training_options".to_owned(),
+                    format!("not a JSON object: {e}"),
+                )
+            })?),
+        };
+        Ok(Provenance {
+            exporter: text("exporter").unwrap_or_default(),
+            data: text("data").unwrap_or_default(),
+            encoder_weights: text("encoder_weights").unwrap_or_default(),
+            export_command: text("export_command"),
+            checkpoint: text("checkpoint"),
+            epoch: number(p, "provenance", "epoch")?,
+            train_loss: number(p, "provenance", "train_loss")?,
+            val_loss: number(p, "provenance", "val_loss")?,
+            features_file: text("features_file"),
+            verify_split: text("verify_split"),
+            float_bundle_of: text("float_bundle_of"),
+            training_options,
+        })
+    }
+
+    /// The whole version 1 layout.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ManifestV1 {
+        /// Always 1 here (checked before); kept so that the layout is complete.
+        #[allow(dead_code)]
+        pub format_version: u32,
+        pub model_id: String,
+        pub encoder: EncoderSection,
+        pub decoder: DecoderSection,
+        pub vocabulary: VocabularySection,
+        pub files: BTreeMap<String, String>,
+        #[serde(default)]
+        pub quantization: BTreeMap<String, String>,
+        #[serde(default)]
+        pub provenance: BTreeMap<String, String>,
+        #[serde(default)]
+        pub metrics: BTreeMap<String, f64>,
+    }
 }
 
 /// A loaded, checked bundle.
@@ -176,10 +392,28 @@ impl Manifest {
             }
             Some(_) => {}
         }
-        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+        let parse_err = |e: toml::de::Error| ManifestError::Parse {
             path: origin.to_owned(),
             problem: e.to_string(),
-        })?;
+        };
+        let manifest: Manifest =
+            if raw.get("format_version").and_then(toml::Value::as_integer) == Some(1) {
+                let old: v1::ManifestV1 = toml::from_str(text).map_err(parse_err)?;
+                let migrate_err = |(field, problem): (String, String)| field_err(&field, problem);
+                Manifest {
+                    format_version: BUNDLE_FORMAT_VERSION,
+                    model_id: old.model_id,
+                    encoder: old.encoder,
+                    decoder: old.decoder,
+                    vocabulary: old.vocabulary,
+                    files: old.files,
+                    quantization: v1::quantization(&old.quantization).map_err(migrate_err)?,
+                    provenance: v1::provenance(&old.provenance).map_err(migrate_err)?,
+                    metrics: old.metrics,
+                }
+            } else {
+                toml::from_str(text).map_err(parse_err)?
+            };
         if manifest.encoder.preprocessing.size == 0 {
             return Err(field_err(
                 "encoder.preprocessing.size",
@@ -309,7 +543,7 @@ mod tests {
             .map(|n| (n.to_string(), sha256_file(&dir.join(n)).unwrap()))
             .collect();
         let manifest = Manifest {
-            format_version: 1,
+            format_version: BUNDLE_FORMAT_VERSION,
             model_id: "test".into(),
             encoder: EncoderSection {
                 name: "efficientnet-lite0".into(),
@@ -329,8 +563,14 @@ mod tests {
                 text_rules: TextRules::Standard,
             },
             files,
-            quantization: [("scheme".to_string(), "none".to_string())].into(),
-            provenance: BTreeMap::new(),
+            quantization: Quantization::float(Storage::F16, Storage::F16),
+            provenance: Provenance {
+                exporter: "test".into(),
+                epoch: Some(6),
+                val_loss: Some(2.9),
+                training_options: Some(toml::toml! { epochs = 20 min_count = 5 }),
+                ..Provenance::default()
+            },
             metrics: [("coco_bleu4".to_string(), 0.189)].into(),
         };
         std::fs::write(dir.join(MANIFEST_FILE), manifest.to_toml()).unwrap();
@@ -384,16 +624,95 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         bundle(dir.path());
         edit(dir.path(), |t| {
-            t.insert("format_version".into(), 2.into());
+            t.insert("format_version".into(), 3.into());
             t.insert("renamed_section".into(), 1.into());
         });
         let msg = error_of(dir.path());
         assert!(
             msg.contains("manifest.toml")
                 && msg.contains("`format_version`")
-                && msg.contains("is 2"),
+                && msg.contains("is 3"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn numbers_are_numbers_in_the_written_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        bundle(dir.path());
+        let text = std::fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
+        let t: toml::Table = text.parse().unwrap();
+        assert_eq!(t["provenance"]["epoch"].as_integer(), Some(6));
+        assert_eq!(t["provenance"]["val_loss"].as_float(), Some(2.9));
+        assert_eq!(
+            t["provenance"]["training_options"]["min_count"].as_integer(),
+            Some(5)
+        );
+        assert_eq!(t["quantization"]["scheme"].as_str(), Some("float16"));
+    }
+
+    /// Version 1 manifests (the bundles committed before version 2) are read, their
+    /// string-valued sections converted.
+    #[test]
+    fn version_1_manifests_are_migrated_in_memory() {
+        let origin = Path::new("proto/tests/data/manifest-v1-int8.toml");
+        let text = include_str!("../tests/data/manifest-v1-int8.toml");
+        let m = Manifest::parse(text, origin).unwrap();
+        assert_eq!(m.format_version, BUNDLE_FORMAT_VERSION);
+        let q = &m.quantization;
+        assert_eq!(q.scheme, Scheme::Int8Static);
+        assert_eq!(
+            (q.encoder_storage, q.decoder_storage),
+            (Storage::Int8, Storage::F16)
+        );
+        assert_eq!(q.calibration_images, Some(300));
+        assert_eq!(
+            (q.encoder_int8_layers, q.encoder_f32_layers),
+            (Some(33), Some(16))
+        );
+        assert_eq!(q.encoder_depthwise, Some(Storage::F32));
+        assert_eq!(q.encoder_fully_connected.as_deref(), Some("f32"));
+        let p = &m.provenance;
+        assert_eq!(p.epoch, Some(6));
+        assert_eq!(p.train_loss, Some(2.575613));
+        assert_eq!(p.val_loss, Some(2.908759));
+        assert_eq!(p.exporter, "caption-train 0.1.0");
+        let opts = p.training_options.as_ref().unwrap();
+        assert_eq!(opts["batch_size"].as_integer(), Some(64));
+        assert_eq!(opts["learning_rate"].as_float(), Some(0.001));
+        assert_eq!(m.metrics["test_coco_bleu4"], 0.1631279644472513);
+
+        let text = include_str!("../tests/data/manifest-v1-f16.toml");
+        let m = Manifest::parse(text, origin).unwrap();
+        assert_eq!(
+            m.quantization,
+            Quantization::float(Storage::F16, Storage::F16)
+        );
+        assert!(m.provenance.float_bundle_of.is_some());
+        // Written back, it is a version 2 manifest that reads the same.
+        let again = Manifest::parse(&m.to_toml(), origin).unwrap();
+        assert_eq!(again, m);
+
+        let bad = text.replace("epoch = \"6\"", "epoch = \"six\"");
+        let msg = Manifest::parse(&bad, origin).unwrap_err().to_string();
+        assert!(
+            msg.contains("`provenance.epoch`") && msg.contains("six"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unknown_channel_orders_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        bundle(dir.path());
+        edit(dir.path(), |t| {
+            t["encoder"]["preprocessing"]
+                .as_table_mut()
+                .unwrap()
+                .insert("channels".into(), "BGR".into());
+        });
+        let msg = error_of(dir.path());
+        assert!(msg.contains("channels") && msg.contains("BGR"), "{msg}");
     }
 
     #[test]
@@ -442,7 +761,7 @@ mod tests {
 
         std::fs::write(
             dir.path().join(MANIFEST_FILE),
-            "format_version = 1\n[encoder\n",
+            "format_version = 2\n[encoder\n",
         )
         .unwrap();
         assert!(error_of(dir.path()).contains("not a valid manifest"));

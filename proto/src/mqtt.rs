@@ -1,6 +1,8 @@
 //! MQTT topics and payloads of `captiond` (Frigate-style conventions; see DESIGN.md), shared
 //! by the daemon and by anything that subscribes in Rust (tests, tools).
 
+use std::time::{Duration, SystemTime};
+
 use serde::{Deserialize, Serialize};
 
 /// Payloads of the retained `<prefix>/availability` topic (also the last will).
@@ -196,6 +198,50 @@ pub struct StageLatency {
     pub total: f64,
 }
 
+impl StageLatency {
+    /// From the stages' durations; `total` is their sum.
+    pub fn from_stages(
+        capture: Duration,
+        decode: Duration,
+        encoder: Duration,
+        decoder: Duration,
+    ) -> StageLatency {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        StageLatency {
+            capture: ms(capture),
+            decode: ms(decode),
+            encoder: ms(encoder),
+            decoder: ms(decoder),
+            total: ms(capture + decode + encoder + decoder),
+        }
+    }
+}
+
+/// The camera name of events made by the `caption` commands (image files, one at a time).
+pub const FILE_CAMERA: &str = "file";
+
+/// An id for one run of a process (seconds since the Unix epoch at its start): with the
+/// camera and sequence it makes event ids unique across restarts.
+pub fn new_run_id() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Where and when a captioned image came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    /// The camera name (a configured camera, `http`, or [`FILE_CAMERA`]).
+    pub camera: String,
+    /// [`new_run_id`] of the process.
+    pub run_id: u64,
+    /// The camera's frame number in this run, from 0.
+    pub sequence: u64,
+    pub captured_at: SystemTime,
+    /// The image file, when the image was one.
+    pub image: Option<String>,
+}
+
 /// The JSON payload of `<prefix>/<camera>/caption`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaptionEvent {
@@ -212,6 +258,34 @@ pub struct CaptionEvent {
     /// Frame sequence number of the source, from 0.
     pub sequence: u64,
     pub latency_ms: StageLatency,
+    /// The image file the caption is of (the `caption` commands); absent for camera
+    /// frames, streams and HTTP uploads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+impl CaptionEvent {
+    /// The event every caption path publishes or prints (the daemon, HTTP, the `caption`
+    /// commands of both binaries): id `<camera>-<run_id>-<sequence>`, RFC 3339 time in ms.
+    pub fn new(
+        origin: Origin,
+        caption: String,
+        score: f64,
+        model_id: String,
+        latency_ms: StageLatency,
+    ) -> CaptionEvent {
+        CaptionEvent {
+            id: format!("{}-{}-{}", origin.camera, origin.run_id, origin.sequence),
+            timestamp: humantime::format_rfc3339_millis(origin.captured_at).to_string(),
+            camera: origin.camera,
+            caption,
+            score,
+            model_id,
+            sequence: origin.sequence,
+            latency_ms,
+            image: origin.image,
+        }
+    }
 }
 
 /// The JSON payload of `<prefix>/stats`.
@@ -276,22 +350,24 @@ mod tests {
 
     #[test]
     fn caption_event_json_has_the_documented_fields() {
-        let e = CaptionEvent {
-            id: "front-7-1700000000".into(),
+        let ms = Duration::from_millis;
+        let origin = Origin {
             camera: "front".into(),
-            timestamp: "2026-11-28T01:00:00Z".into(),
-            caption: "a dog runs on the grass".into(),
-            score: -0.8,
-            model_id: "flickr8k-lite0-int8".into(),
+            run_id: 1_700_000_000,
             sequence: 7,
-            latency_ms: StageLatency {
-                capture: 1.0,
-                decode: 2.0,
-                encoder: 30.0,
-                decoder: 12.0,
-                total: 45.0,
-            },
+            captured_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_291_600),
+            image: None,
         };
+        let e = CaptionEvent::new(
+            origin.clone(),
+            "a dog runs on the grass".into(),
+            -0.8,
+            "flickr8k-lite0-int8".into(),
+            StageLatency::from_stages(ms(1), ms(2), ms(30), ms(12)),
+        );
+        assert_eq!(e.id, "front-1700000000-7");
+        assert_eq!(e.timestamp, "2025-11-28T01:00:00.000Z");
+        assert_eq!(e.latency_ms.total, 45.0);
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
@@ -316,8 +392,25 @@ mod tests {
             .collect();
         stages.sort_unstable();
         assert_eq!(stages, ["capture", "decode", "decoder", "encoder", "total"]);
+        let fields = keys.len();
         let back: CaptionEvent = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
+        // An image file's event names the file; nothing else changes.
+        let file = CaptionEvent::new(
+            Origin {
+                camera: FILE_CAMERA.into(),
+                image: Some("photos/dog.jpg".into()),
+                ..origin
+            },
+            e.caption.clone(),
+            e.score,
+            e.model_id.clone(),
+            e.latency_ms.clone(),
+        );
+        let v = serde_json::to_value(&file).unwrap();
+        assert_eq!(v["image"], "photos/dog.jpg");
+        assert_eq!(v["id"], "file-1700000000-7");
+        assert_eq!(v.as_object().unwrap().len(), fields + 1);
     }
 
     #[test]

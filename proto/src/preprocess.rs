@@ -31,14 +31,23 @@ pub enum ResizeFilter {
     Triangle,
 }
 
+/// The channel order of an encoder's input tensor (and of `mean`/`std`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Channels {
+    /// Red, green, blue: every encoder the project knows (torchvision, EfficientNet-Lite).
+    #[default]
+    #[serde(rename = "RGB")]
+    Rgb,
+}
+
 /// How an image becomes an encoder input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Preprocessing {
     /// Square input side in pixels.
     pub size: u32,
     pub filter: ResizeFilter,
-    /// Channel order of `mean`/`std` and of the tensor (always `RGB`).
-    pub channels: String,
+    /// Channel order of `mean`/`std` and of the tensor.
+    pub channels: Channels,
     /// Per-channel mean on the 0..255 scale.
     pub mean: [f32; 3],
     /// Per-channel divisor on the 0..255 scale.
@@ -51,7 +60,7 @@ impl Preprocessing {
         Preprocessing {
             size,
             filter: ResizeFilter::Triangle,
-            channels: "RGB".into(),
+            channels: Channels::Rgb,
             mean: [127.0; 3],
             std: [128.0; 3],
         }
@@ -62,7 +71,7 @@ impl Preprocessing {
         Preprocessing {
             size,
             filter: ResizeFilter::Triangle,
-            channels: "RGB".into(),
+            channels: Channels::Rgb,
             mean: [123.675, 116.28, 103.53],
             std: [58.395, 57.12, 57.375],
         }

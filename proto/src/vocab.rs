@@ -39,7 +39,10 @@ pub enum VocabError {
 /// Word <-> index mapping. Index 0 is padding; words are indexed 1.. by descending
 /// frequency in the texts it was fitted on, ties broken by first appearance (Keras sorts
 /// its insertion-ordered counts with a stable sort).
-#[derive(Debug, Clone, PartialEq)]
+/// Serialised as its `vocab.json` form (e.g. inside a training checkpoint's JSON), and
+/// validated the same way when read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "VocabFile", into = "VocabFile")]
 pub struct Vocabulary {
     /// `words[i]` has index `i`; `words[0]` is [`PADDING_WORD`].
     words: Vec<String>,
@@ -171,30 +174,25 @@ impl Vocabulary {
     }
 
     pub fn to_json(&self) -> String {
-        let file = VocabFile {
-            format_version: VOCAB_FORMAT_VERSION,
-            text_rules: self.text_rules,
-            min_count: self.min_count,
-            padding_index: PADDING_INDEX,
-            start_token: START_TOKEN.to_owned(),
-            end_token: END_TOKEN.to_owned(),
-            words: self.words.clone(),
-            counts: self.counts.clone(),
-        };
         // Serialising plain strings and integers cannot fail.
-        serde_json::to_string_pretty(&file).expect("vocabulary serialises")
+        serde_json::to_string_pretty(&VocabFile::from(self.clone())).expect("vocabulary serialises")
     }
 
     /// Parse `vocab.json` text; `origin` names the file in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Vocabulary, VocabError> {
-        let invalid = |problem: String| VocabError::Invalid {
-            path: origin.to_owned(),
-            problem,
-        };
         let file: VocabFile = serde_json::from_str(text).map_err(|source| VocabError::Parse {
             path: origin.to_owned(),
             source,
         })?;
+        Self::from_file(file, origin)
+    }
+
+    /// Validate the on-disk form; `origin` names it in errors.
+    fn from_file(file: VocabFile, origin: &str) -> Result<Vocabulary, VocabError> {
+        let invalid = |problem: String| VocabError::Invalid {
+            path: origin.to_owned(),
+            problem,
+        };
         if file.format_version > VOCAB_FORMAT_VERSION {
             return Err(invalid(format!(
                 "field `format_version` is {}, this build reads up to {VOCAB_FORMAT_VERSION}",
@@ -259,6 +257,28 @@ impl Vocabulary {
             source,
         })?;
         Self::from_json(&text, &path.display().to_string())
+    }
+}
+
+impl From<Vocabulary> for VocabFile {
+    fn from(v: Vocabulary) -> VocabFile {
+        VocabFile {
+            format_version: VOCAB_FORMAT_VERSION,
+            text_rules: v.text_rules,
+            min_count: v.min_count,
+            padding_index: PADDING_INDEX,
+            start_token: START_TOKEN.to_owned(),
+            end_token: END_TOKEN.to_owned(),
+            words: v.words,
+            counts: v.counts,
+        }
+    }
+}
+
+impl TryFrom<VocabFile> for Vocabulary {
+    type Error = VocabError;
+    fn try_from(file: VocabFile) -> Result<Vocabulary, VocabError> {
+        Vocabulary::from_file(file, "the embedded vocabulary")
     }
 }
 

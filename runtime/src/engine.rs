@@ -26,8 +26,8 @@ use crate::precision::{self, CpuFeatures, Precision, PrecisionChoice};
 pub enum EngineError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("{path}: cannot load the ONNX graph: {message}")]
-    Load { path: PathBuf, message: String },
+    #[error("{path}: cannot load the ONNX graph")]
+    Load { path: PathBuf, source: Cause },
     #[error("{path}: cannot make the f32 graph of the int8 encoder: {source}")]
     Dequantize {
         path: PathBuf,
@@ -42,16 +42,16 @@ pub enum EngineError {
         field: String,
         expected: String,
     },
-    #[error("running {graph}: {message}")]
-    Run {
-        graph: &'static str,
-        message: String,
-    },
+    #[error("running {graph}")]
+    Run { graph: &'static str, source: Cause },
     #[error(transparent)]
     Image(#[from] PreprocessError),
     #[error("the vocabulary of this bundle has no {0} token")]
     MissingToken(&'static str),
 }
+
+/// What tract (or the file system, or protobuf) reported, kept as the error's source.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 type Plan = Arc<TypedSimplePlan>;
 
@@ -108,17 +108,17 @@ pub struct StageTimes {
     pub decoder: Duration,
 }
 
-fn load_error(path: &Path, e: impl std::fmt::Display) -> EngineError {
+fn load_error(path: &Path, e: impl Into<Cause>) -> EngineError {
     EngineError::Load {
         path: path.to_owned(),
-        message: format!("{e:#}"),
+        source: e.into(),
     }
 }
 
-fn run_error(graph: &'static str, e: impl std::fmt::Display) -> EngineError {
+fn run_error(graph: &'static str, e: impl Into<Cause>) -> EngineError {
     EngineError::Run {
         graph,
-        message: format!("{e:#}"),
+        source: e.into(),
     }
 }
 

@@ -3,6 +3,32 @@
 
 use serde::Serialize;
 
+/// Where libtorch computes (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a device, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// The first CUDA device; an error when there is none.
+    Cuda,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("--device cuda: libtorch sees no CUDA device (see `caption-train device`)")]
+pub struct NoCudaDevice;
+
+impl DeviceChoice {
+    pub fn resolve(self) -> Result<tch::Device, NoCudaDevice> {
+        Ok(match self {
+            DeviceChoice::Cpu => tch::Device::Cpu,
+            DeviceChoice::Cuda if !tch::Cuda::is_available() => return Err(NoCudaDevice),
+            DeviceChoice::Cuda => tch::Device::Cuda(0),
+            DeviceChoice::Auto => tch::Device::cuda_if_available(),
+        })
+    }
+}
+
 /// libtorch's CUDA backend is `libtorch_cuda.so`, which no symbol of the binary references,
 /// so the linker drops it and CUDA would never be seen. Load it at start-up when it is
 /// there (CUDA set-up, or a GPU machine's torch on LD_LIBRARY_PATH); on the CPU set-up its

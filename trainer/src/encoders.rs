@@ -51,10 +51,18 @@ pub enum Op {
     Residual(Vec<Op>),
 }
 
-/// Which encoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which encoder (`--encoder`; `encoder` in checkpoints, by its [`EncoderKind::name`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum EncoderKind {
+    /// torchvision's VGG16, 4,096-d fc2 features.
+    #[value(name = "vgg16")]
+    #[serde(rename = "vgg16")]
     Vgg16,
+    /// EfficientNet-Lite0, 1,280-d pooled features.
+    #[value(name = "efficientnet-lite0")]
+    #[serde(rename = "efficientnet-lite0")]
     EfficientNetLite0,
 }
 
@@ -80,16 +88,18 @@ impl fmt::Display for EncoderKind {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown encoder {0:?}: expected \"vgg16\" or \"efficientnet-lite0\"")]
+pub struct UnknownEncoder(pub String);
+
 impl FromStr for EncoderKind {
-    type Err = String;
+    type Err = UnknownEncoder;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "vgg16" => Ok(EncoderKind::Vgg16),
             "efficientnet-lite0" => Ok(EncoderKind::EfficientNetLite0),
-            other => Err(format!(
-                "unknown encoder {other:?}: expected \"vgg16\" or \"efficientnet-lite0\""
-            )),
+            other => Err(UnknownEncoder(other.to_owned())),
         }
     }
 }

@@ -7,7 +7,6 @@ use caption_proto::dataset::{self, Flickr8k, Split};
 use caption_proto::evaluation::{score, Scores};
 use caption_proto::search::{beam_search, greedy, Hypothesis, SearchConfig, StepDecoder};
 use caption_proto::text::{strip_special, TextRules};
-use caption_proto::vocab::Vocabulary;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -142,10 +141,7 @@ pub struct EvaluateInputs<'a> {
 pub fn evaluate(
     inputs: &EvaluateInputs<'_>,
 ) -> Result<(EvaluationReport, Vec<(String, String)>), TrainError> {
-    let vocab = Vocabulary::from_json(
-        &inputs.info.vocab.to_string(),
-        &inputs.checkpoint.display().to_string(),
-    )?;
+    let vocab = &inputs.info.vocab;
     let descriptions = inputs.data.clean_descriptions(TextRules::Original);
     let ids: Vec<String> = dataset::select(&descriptions, inputs.data.split_ids(inputs.split))
         .into_iter()

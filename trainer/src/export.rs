@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use caption_proto::dataset::{self, Flickr8k, Split};
 use caption_proto::manifest::{
-    self, DecoderSection, EncoderSection, Manifest, VocabularySection, BUNDLE_FORMAT_VERSION,
-    MANIFEST_FILE,
+    self, DecoderSection, EncoderSection, Manifest, Provenance, Quantization, Scheme, Storage,
+    VocabularySection, BUNDLE_FORMAT_VERSION, MANIFEST_FILE,
 };
 use caption_proto::search::{SearchConfig, StepDecoder};
 use caption_proto::text::strip_special;
@@ -67,8 +67,8 @@ pub enum ExportError {
         found: String,
         expected: String,
     },
-    #[error("calibration in tract failed: {0}")]
-    Calibration(String),
+    #[error("calibration in tract failed")]
+    Calibration(#[source] caption_runtime::engine::Cause),
     #[error("split {split} has only {found} usable images; {wanted} are needed for {purpose}")]
     TooFewImages {
         split: Split,
@@ -92,9 +92,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `--quantize`: the encoder's storage in the bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Quantize {
+    /// f32 graph.
     None,
+    /// Static int8 encoder convolutions (calibrated on train images).
     Int8,
 }
 
@@ -330,7 +333,7 @@ pub fn calibrate(
     images: &[PathBuf],
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<(f32, f32)>, ExportError> {
-    let err = |e: tract_onnx::prelude::TractError| ExportError::Calibration(format!("{e:#}"));
+    let err = |e: tract_onnx::prelude::TractError| ExportError::Calibration(e.into());
     let mut model = tract_onnx::onnx()
         .model_for_proto_model(&graph.model)
         .map_err(err)?;
@@ -350,7 +353,7 @@ pub fn calibrate(
         let pixels = pre.from_file(path)?;
         let input =
             tract_onnx::prelude::tract_ndarray::Array4::from_shape_vec((1, 3, s, s), pixels)
-                .map_err(|e| ExportError::Calibration(e.to_string()))?;
+                .map_err(|e| ExportError::Calibration(e.into()))?;
         let outputs = plan
             .run(std::iter::once(tract_onnx::prelude::Tensor::from(input).into()).collect())
             .map_err(err)?;
@@ -461,16 +464,16 @@ pub fn float_bundle(
 ) -> Result<(), ExportError> {
     let source = Manifest::load_bundle(bundle)?;
     let m = &source.manifest;
-    let kind: EncoderKind = m
-        .encoder
-        .name
-        .parse()
-        .map_err(|e: String| ExportError::Mismatch {
-            path: bundle.join(MANIFEST_FILE),
-            field: "encoder.name",
-            found: m.encoder.name.clone(),
-            expected: e,
-        })?;
+    let kind: EncoderKind =
+        m.encoder
+            .name
+            .parse()
+            .map_err(|e: crate::encoders::UnknownEncoder| ExportError::Mismatch {
+                path: bundle.join(MANIFEST_FILE),
+                field: "encoder.name",
+                found: m.encoder.name.clone(),
+                expected: e.to_string(),
+            })?;
     let spec = kind.spec();
     let encoder = TchEncoder::from_file(spec.clone(), weights, Device::Cpu)?;
     let layers = folded_layers(&encoder)?;
@@ -488,23 +491,10 @@ pub fn float_bundle(
     manifest.vocabulary.file = VOCAB_FILE.into();
     manifest.files.clear();
     manifest.metrics.clear();
-    manifest.quantization.retain(|k, _| k == "decoder");
-    manifest.quantization.insert(
-        "scheme".into(),
-        match storage {
-            WeightStorage::F32 => "none (f32)".into(),
-            WeightStorage::F16 => {
-                "encoder and decoder weights stored as float16, f32 compute".into()
-            }
-        },
-    );
-    manifest
-        .provenance
-        .insert("encoder_weights".into(), weights.display().to_string());
-    manifest.provenance.insert(
-        "float_bundle_of".into(),
-        format!("{} ({})", m.model_id, bundle.display()),
-    );
+    manifest.quantization =
+        Quantization::float(storage.into(), manifest.quantization.decoder_storage);
+    manifest.provenance.encoder_weights = weights.display().to_string();
+    manifest.provenance.float_bundle_of = Some(format!("{} ({})", m.model_id, bundle.display()));
     write_bundle(
         out,
         &BundleFiles {
@@ -528,11 +518,11 @@ pub fn export(
     let weights_path = opts.checkpoint.with_extension("safetensors");
     let info: CheckpointInfo = train::load_info(&json)?;
     let spec = opts.encoder.spec();
-    if info.encoder != spec.kind.name() {
+    if info.encoder != spec.kind {
         return Err(ExportError::Mismatch {
             path: json,
             field: "encoder",
-            found: info.encoder.clone(),
+            found: info.encoder.name().into(),
             expected: format!("--features-encoder is {}", spec.kind.name()),
         });
     }
@@ -545,7 +535,7 @@ pub fn export(
         });
     }
     let (_vs, model) = train::load_model(&weights_path, &info, Device::Cpu)?;
-    let vocab = Vocabulary::from_json(&info.vocab.to_string(), &json.display().to_string())?;
+    let vocab = info.vocab.clone();
     let (Some(start), Some(end)) = (vocab.start_index(), vocab.end_index()) else {
         return Err(ExportError::Mismatch {
             path: json,
@@ -600,36 +590,24 @@ pub fn export(
         };
         format!("flickr8k-{short}-{q}")
     });
-    let mut provenance = BTreeMap::from([
-        (
-            "checkpoint".to_owned(),
-            opts.checkpoint.display().to_string(),
-        ),
-        ("epoch".to_owned(), info.epoch.to_string()),
-        ("train_loss".to_owned(), format!("{:.6}", info.train_loss)),
-        ("val_loss".to_owned(), format!("{:.6}", info.val_loss)),
-        ("features_file".to_owned(), info.features_file.clone()),
-        (
-            "training_options".to_owned(),
-            serde_json::to_string(&info.options).unwrap_or_default(),
-        ),
-        ("export_command".to_owned(), opts.command.clone()),
-        (
-            "data".to_owned(),
-            "Flickr8k (Flickr8k_text, Flicker8k_Dataset)".to_owned(),
-        ),
-        (
-            "encoder_weights".to_owned(),
-            match &opts.weights {
-                Some(p) => p.display().to_string(),
-                None => format!("random (seed {})", opts.seed),
-            },
-        ),
-    ]);
-    provenance.insert(
-        "exporter".into(),
-        format!("caption-train {}", env!("CARGO_PKG_VERSION")),
-    );
+    let provenance = Provenance {
+        exporter: format!("caption-train {}", env!("CARGO_PKG_VERSION")),
+        data: "Flickr8k (Flickr8k_text, Flicker8k_Dataset)".to_owned(),
+        encoder_weights: match &opts.weights {
+            Some(p) => p.display().to_string(),
+            None => format!("random (seed {})", opts.seed),
+        },
+        export_command: Some(opts.command.clone()),
+        checkpoint: Some(opts.checkpoint.display().to_string()),
+        epoch: Some(info.epoch as u64),
+        train_loss: Some(info.train_loss),
+        val_loss: Some(info.val_loss),
+        features_file: Some(info.features_file.clone()),
+        verify_split: None,
+        float_bundle_of: None,
+        // Plain numbers, strings and booleans: they always make a table.
+        training_options: toml::Table::try_from(&info.options).ok(),
+    };
     let base_manifest = |id: &str, storage: WeightStorage| Manifest {
         format_version: BUNDLE_FORMAT_VERSION,
         model_id: id.to_owned(),
@@ -651,16 +629,7 @@ pub fn export(
             text_rules: vocab.text_rules(),
         },
         files: BTreeMap::new(),
-        quantization: BTreeMap::from([(
-            "decoder".to_owned(),
-            match storage {
-                WeightStorage::F32 => "f32".to_owned(),
-                WeightStorage::F16 => {
-                    "weight matrices stored as float16, cast to float32 at load; f32 compute"
-                        .to_owned()
-                }
-            },
-        )]),
+        quantization: Quantization::float(Storage::F32, storage.into()),
         provenance: provenance.clone(),
         metrics: BTreeMap::new(),
     };
@@ -686,9 +655,6 @@ pub fn export(
         Quantize::Int8 => model_id.replace("int8", "f32"),
     };
     let mut f32_manifest = base_manifest(&f32_id, f32_storage);
-    f32_manifest
-        .quantization
-        .insert("scheme".into(), "none (f32)".into());
     write_bundle(
         &f32_dir,
         &BundleFiles {
@@ -717,9 +683,7 @@ pub fn export(
         });
     }
     record(&mut f32_manifest.metrics, "f32", &f32_check);
-    f32_manifest
-        .provenance
-        .insert("verify_split".into(), opts.verify_split.to_string());
+    f32_manifest.provenance.verify_split = Some(opts.verify_split.to_string());
 
     let (final_dir, mut final_manifest, int8, agreement) = match opts.quantize {
         Quantize::None => {
@@ -756,35 +720,20 @@ pub fn export(
             let int8_decoder = onnx::encode(&onnx::decoder(&dparams, storage));
             let dir = partial(&opts.out, ".partial");
             let mut m = base_manifest(&model_id, storage);
-            m.quantization.extend([
-                ("scheme".to_owned(), "int8 static".to_owned()),
-                (
-                    "encoder_convolutions".to_owned(),
-                    "QLinearConv: int8 weights, symmetric per output channel; int8 activations, \
-                     affine per tensor; BatchNorm folded; ReLU/ReLU6 folded into the output range"
-                        .to_owned(),
-                ),
-                ("encoder_fully_connected".to_owned(), opts.fc.name().to_owned()),
-                (
-                    "encoder_depthwise".to_owned(),
-                    if opts.int8_depthwise { "int8" } else { "f32" }.to_owned(),
-                ),
-                (
-                    "encoder_int8_layers".to_owned(),
-                    int8_graph.int8_layers.to_string(),
-                ),
-                (
-                    "encoder_f32_layers".to_owned(),
-                    int8_graph.f32_layers.to_string(),
-                ),
-                (
-                    "calibration".to_owned(),
-                    format!(
-                        "min/max of every quantized tensor over {} Flickr8k train images (evenly spaced), f32 graph run in tract",
-                        calib.len()
-                    ),
-                ),
-            ]);
+            m.quantization = Quantization {
+                scheme: Scheme::Int8Static,
+                encoder_storage: Storage::Int8,
+                decoder_storage: storage.into(),
+                calibration_images: Some(calib.len() as u64),
+                encoder_int8_layers: Some(int8_graph.int8_layers as u64),
+                encoder_f32_layers: Some(int8_graph.f32_layers as u64),
+                encoder_depthwise: Some(if opts.int8_depthwise {
+                    Storage::Int8
+                } else {
+                    Storage::F32
+                }),
+                encoder_fully_connected: Some(opts.fc.name().to_owned()),
+            };
             write_bundle(
                 &dir,
                 &BundleFiles {
@@ -827,8 +776,7 @@ pub fn export(
             record(&mut m.metrics, "int8", &check);
             record(&mut m.metrics, "dequantized", &deq_check);
             m.metrics.insert("int8_f32_caption_agreement".into(), agree);
-            m.provenance
-                .insert("verify_split".into(), opts.verify_split.to_string());
+            m.provenance.verify_split = Some(opts.verify_split.to_string());
             write_manifest(&dir, &m)?;
             if opts.f32_out.is_none() {
                 std::fs::remove_dir_all(&f32_dir).map_err(io(&f32_dir))?;

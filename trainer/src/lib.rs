@@ -1,9 +1,11 @@
 //! `caption-trainer`: the workstation half of Caption, on libtorch through `tch`.
 //!
-//! Modules: [`prepare`] (the tutorial's text preparation), [`scoring`] (BLEU of TSV
-//! corpora), [`device`] (what libtorch sees). Feature extraction, training, evaluation and
-//! export are coming (see the open issues).
+//! Modules: [`prepare`] (the tutorial's text preparation), [`extract`] (image features
+//! through [`encoders`]), [`train`] (the merge [`model`]), [`evaluate`] and [`scoring`]
+//! (BLEU), [`caption`] (image files through a checkpoint), [`export`] (ONNX bundles written
+//! by [`onnx`] and verified in the edge's engine), [`device`] (what libtorch sees).
 
+pub mod caption;
 pub mod device;
 pub mod encoders;
 pub mod evaluate;

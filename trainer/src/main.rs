@@ -3,11 +3,39 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use caption_proto::search::SearchConfig;
 use caption_proto::{Flickr8k, Split, TextRules};
+use caption_trainer::caption::{search_config, CheckpointCaptioner};
+use caption_trainer::device::DeviceChoice;
 use caption_trainer::encoders::EncoderKind;
+use caption_trainer::export::Quantize;
+use caption_trainer::onnx::{DepthwiseScheme, FcScheme, WeightStorage};
 use caption_trainer::{device, evaluate, extract, prepare, scoring, train};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+/// `--device`, shared by the commands that run libtorch.
+#[derive(Args, Debug)]
+struct DeviceArgs {
+    /// Where libtorch computes: `auto` is CUDA when libtorch sees a device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+}
+
+impl DeviceArgs {
+    fn resolve(&self) -> Result<tch::Device> {
+        Ok(self.device.resolve()?)
+    }
+}
+
+/// Decoding flags shared by `evaluate` and `caption`.
+#[derive(Args, Debug)]
+struct SearchArgs {
+    /// Beam width; 1 is the tutorial's greedy decoding.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    beam: u64,
+    /// Length normalisation exponent for beam ranking (0 = plain sum of log-probabilities).
+    #[arg(long, default_value_t = 0.0)]
+    length_penalty: f32,
+}
 
 /// Train and evaluate the Caption image-captioning model (Flickr8k, libtorch).
 #[derive(Parser, Debug)]
@@ -60,8 +88,7 @@ enum Command {
         /// Flickr8k folder (holding Flickr8k_text/ and Flicker8k_Dataset/).
         #[arg(long)]
         data: PathBuf,
-        /// `vgg16` (4,096-d fc2) or `efficientnet-lite0` (1,280-d).
-        #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<EncoderKind>()))]
+        #[arg(long, value_enum)]
         encoder: EncoderKind,
         /// Encoder weights: a PyTorch checkpoint (zip or legacy format) or safetensors
         /// with torchvision / efficientnet-lite-pytorch names.
@@ -76,9 +103,8 @@ enum Command {
         /// Images per network call (8 measured fastest on a 2-core CPU).
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
         batch_size: u64,
-        /// `auto` (CUDA when available), `cpu` or `cuda`.
-        #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArgs,
         /// Stop at the first unreadable image instead of skipping it.
         #[arg(long)]
         strict: bool,
@@ -127,9 +153,8 @@ enum Command {
         /// Continue from a checkpoint (`.safetensors` or its `.json`): its weights, next epoch.
         #[arg(long)]
         resume: Option<PathBuf>,
-        /// `auto` (CUDA when available), `cpu` or `cuda`.
-        #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArgs,
         #[arg(long)]
         quiet: bool,
     },
@@ -144,14 +169,10 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value = "test")]
         split: Split,
-        /// Beam width; 1 is the tutorial's greedy decoding.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-        beam: u64,
-        /// Length normalisation exponent for beam ranking (0 = plain sum of log-probabilities).
-        #[arg(long, default_value_t = 0.0)]
-        length_penalty: f32,
-        #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-        device: String,
+        #[command(flatten)]
+        search: SearchArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Caption image files with a run's best checkpoint and its encoder weights.
     Caption {
@@ -160,13 +181,14 @@ enum Command {
         /// Encoder weights (the same the features were extracted with).
         #[arg(long)]
         weights: PathBuf,
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-        beam: u64,
-        #[arg(long, default_value_t = 0.0)]
-        length_penalty: f32,
-        /// One JSON object per image instead of `path<TAB>caption`.
+        #[command(flatten)]
+        search: SearchArgs,
+        /// One JSON object per image (the caption event `captiond` publishes, with
+        /// `image` naming the file) instead of `path<TAB>caption`.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        device: DeviceArgs,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -177,7 +199,7 @@ enum Command {
         #[arg(long)]
         checkpoint: PathBuf,
         /// The encoder the checkpoint's features came from.
-        #[arg(long)]
+        #[arg(long, value_enum)]
         features_encoder: EncoderKind,
         /// Encoder weights (PyTorch checkpoint or safetensors).
         #[arg(long, required_unless_present = "random_init")]
@@ -188,19 +210,18 @@ enum Command {
         /// The bundle directory to write.
         #[arg(long)]
         out: PathBuf,
-        /// `none` (f32) or `int8` (static int8 encoder convolutions).
-        #[arg(long, default_value = "none", value_parser = ["none", "int8"])]
-        quantize: String,
-        /// Fully connected encoder layers of an int8 bundle: `f32` or `int8-conv1x1`.
-        #[arg(long, default_value = "f32")]
-        fc: caption_trainer::onnx::FcScheme,
-        /// Depthwise convolutions of an int8 bundle: `int8` or `f32`.
-        #[arg(long, default_value = "f32", value_parser = ["f32", "int8"])]
-        depthwise: String,
-        /// Decoder weight storage: `f32` or `f16` (default: f32 for f32 bundles, f16 for
-        /// int8 bundles).
-        #[arg(long, value_parser = ["f32", "f16"])]
-        decoder_storage: Option<String>,
+        /// The encoder's storage.
+        #[arg(long, value_enum, default_value_t = Quantize::None)]
+        quantize: Quantize,
+        /// Fully connected encoder layers of an int8 bundle.
+        #[arg(long, value_enum, default_value_t = FcScheme::F32)]
+        fc: FcScheme,
+        /// Depthwise convolutions of an int8 bundle.
+        #[arg(long, value_enum, default_value_t = DepthwiseScheme::F32)]
+        depthwise: DepthwiseScheme,
+        /// Decoder weight storage (default: f32 for f32 bundles, f16 for int8 bundles).
+        #[arg(long, value_enum)]
+        decoder_storage: Option<WeightStorage>,
         /// Flickr8k folder: calibration images (train split) and verification images.
         #[arg(long)]
         data: PathBuf,
@@ -240,9 +261,9 @@ enum Command {
         /// The encoder's weights (the ones the bundle was exported with).
         #[arg(long)]
         weights: PathBuf,
-        /// Encoder weight storage: `f16` or `f32`.
-        #[arg(long, default_value = "f16", value_parser = ["f32", "f16"])]
-        storage: String,
+        /// Encoder weight storage.
+        #[arg(long, value_enum, default_value_t = WeightStorage::F16)]
+        storage: WeightStorage,
         /// Model id published with captions.
         #[arg(long)]
         model_id: String,
@@ -255,39 +276,6 @@ enum Command {
     },
     /// Show what libtorch sees (CUDA devices, CPU threads) as JSON.
     Device,
-}
-
-fn pick_device(name: &str) -> Result<tch::Device> {
-    Ok(match name {
-        "cpu" => tch::Device::Cpu,
-        "cuda" => {
-            if !tch::Cuda::is_available() {
-                anyhow::bail!(
-                    "--device cuda: libtorch sees no CUDA device (see `caption-train device`)"
-                );
-            }
-            tch::Device::Cuda(0)
-        }
-        _ => tch::Device::cuda_if_available(),
-    })
-}
-
-fn search_config(
-    vocab: &caption_proto::Vocabulary,
-    max_length: usize,
-    beam: usize,
-    length_penalty: f32,
-) -> Result<SearchConfig> {
-    let (Some(start), Some(end)) = (vocab.start_index(), vocab.end_index()) else {
-        anyhow::bail!("the checkpoint's vocabulary lacks startseq/endseq");
-    };
-    Ok(SearchConfig {
-        beam,
-        max_length,
-        length_penalty,
-        start,
-        end,
-    })
 }
 
 fn main() -> Result<()> {
@@ -343,7 +331,7 @@ fn main() -> Result<()> {
             workers,
             quiet,
         } => {
-            let device = pick_device(&device)?;
+            let device = device.resolve()?;
             let opts = extract::ExtractOptions {
                 data,
                 encoder,
@@ -390,7 +378,7 @@ fn main() -> Result<()> {
             device,
             quiet,
         } => {
-            let device = pick_device(&device)?;
+            let device = device.resolve()?;
             let data =
                 Flickr8k::load(&data).with_context(|| format!("reading {}", data.display()))?;
             let table = train::FeatureTable::load(&features)?;
@@ -420,21 +408,23 @@ fn main() -> Result<()> {
             features,
             data,
             split,
-            beam,
-            length_penalty,
+            search,
             device,
         } => {
-            let device = pick_device(&device)?;
+            let device = device.resolve()?;
             let data =
                 Flickr8k::load(&data).with_context(|| format!("reading {}", data.display()))?;
             let table = train::FeatureTable::load(&features)?;
             let (checkpoint, info) = train::best_checkpoint(&run)?;
             let (_vs, model) = train::load_model(&checkpoint, &info, device)?;
-            let vocab = caption_proto::Vocabulary::from_json(
-                &info.vocab.to_string(),
-                &checkpoint.display().to_string(),
-            )?;
-            let search = search_config(&vocab, info.max_length, beam as usize, length_penalty)?;
+            let beam = search.beam as usize;
+            let search = search_config(&info.vocab, info.max_length, beam, search.length_penalty)
+                .with_context(|| {
+                format!(
+                    "checkpoint {}: vocabulary lacks startseq/endseq",
+                    checkpoint.display()
+                )
+            })?;
             let (report, predictions) = evaluate::evaluate(&evaluate::EvaluateInputs {
                 data: &data,
                 table: &table,
@@ -444,7 +434,7 @@ fn main() -> Result<()> {
                 split,
                 search,
             })?;
-            let (pred_path, json_path) = evaluate::output_paths(&run, split, beam as usize);
+            let (pred_path, json_path) = evaluate::output_paths(&run, split, beam);
             let tsv = caption_proto::tsv::format(
                 predictions.iter().map(|(a, b)| (a.as_str(), b.as_str())),
             );
@@ -458,47 +448,27 @@ fn main() -> Result<()> {
         Command::Caption {
             run,
             weights,
-            beam,
-            length_penalty,
+            search,
             json,
+            device,
             images,
         } => {
-            let device = tch::Device::cuda_if_available();
-            let (checkpoint, info) = train::best_checkpoint(&run)?;
-            let (_vs, model) = train::load_model(&checkpoint, &info, device)?;
-            let vocab = caption_proto::Vocabulary::from_json(
-                &info.vocab.to_string(),
-                &checkpoint.display().to_string(),
+            let captioner = CheckpointCaptioner::load(
+                &run,
+                &weights,
+                device.resolve()?,
+                search.beam as usize,
+                search.length_penalty,
             )?;
-            let kind: EncoderKind = info.encoder.parse().map_err(|e: String| {
-                anyhow::anyhow!("checkpoint {}: field `encoder`: {e}", checkpoint.display())
-            })?;
-            let spec = kind.spec();
-            let pre = spec.preprocessing.clone();
-            let encoder = caption_trainer::encoders::TchEncoder::from_file(spec, &weights, device)?;
-            let search = search_config(&vocab, info.max_length, beam as usize, length_penalty)?;
             let mut failed = 0;
-            for path in &images {
-                let pixels = match pre.from_file(path) {
-                    Ok(p) => p,
+            for (sequence, path) in images.iter().enumerate() {
+                match captioner.caption_file(path, sequence as u64) {
+                    Ok(event) if json => println!("{}", serde_json::to_string(&event)?),
+                    Ok(event) => println!("{}\t{}", path.display(), event.caption),
                     Err(e) => {
                         eprintln!("error: {e}");
                         failed += 1;
-                        continue;
                     }
-                };
-                let side = pre.size as i64;
-                let input = tch::Tensor::from_slice(&pixels).reshape([1, 3, side, side]);
-                let features = encoder.features(&input);
-                let hyp = evaluate::decode_all(&model, &features, &search, 1).remove(0);
-                let words = caption_proto::text::strip_special(vocab.decode(&hyp.tokens)).join(" ");
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"image": path.display().to_string(), "caption": words, "score": hyp.mean_log_prob()})
-                    );
-                } else {
-                    println!("{}\t{}", path.display(), words);
                 }
             }
             if failed > 0 {
@@ -526,28 +496,17 @@ fn main() -> Result<()> {
             beam,
             force,
         } => {
-            use caption_trainer::export::{self, ExportOptions, Quantize};
-            use caption_trainer::onnx::WeightStorage;
+            use caption_trainer::export::{self, ExportOptions};
             let opts = ExportOptions {
                 checkpoint,
                 encoder: features_encoder,
                 weights,
                 seed: random_init.unwrap_or(0),
                 out,
-                quantize: if quantize == "int8" {
-                    Quantize::Int8
-                } else {
-                    Quantize::None
-                },
+                quantize,
                 fc,
-                int8_depthwise: depthwise == "int8",
-                decoder_storage: decoder_storage.map(|s| {
-                    if s == "f16" {
-                        WeightStorage::F16
-                    } else {
-                        WeightStorage::F32
-                    }
-                }),
+                int8_depthwise: depthwise == DepthwiseScheme::Int8,
+                decoder_storage,
                 data,
                 calibration_images,
                 verify_split,
@@ -569,15 +528,9 @@ fn main() -> Result<()> {
             out,
             force,
         } => {
-            use caption_trainer::onnx::WeightStorage;
             if out.exists() && !force {
                 anyhow::bail!("{} exists; pass --force to replace it", out.display());
             }
-            let storage = if storage == "f16" {
-                WeightStorage::F16
-            } else {
-                WeightStorage::F32
-            };
             caption_trainer::export::float_bundle(&from, &weights, storage, &model_id, &out)
                 .with_context(|| format!("building {} from {}", out.display(), from.display()))?;
             let m = caption_proto::manifest::Manifest::load_bundle(&out)?.manifest;

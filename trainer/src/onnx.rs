@@ -370,12 +370,20 @@ pub fn fold(ops: &[Op], params: &HashMap<String, Vec<f32>>) -> Result<Vec<Layer>
 }
 
 /// How the encoder's fully connected layers are stored in an int8 graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FcScheme {
     /// Float `Gemm` on dequantized input.
     F32,
     /// int8 weights as a 1x1 `QLinearConv` over `[N, C, 1, 1]`.
+    #[value(name = "int8-conv1x1")]
     Int8Conv1x1,
+}
+
+/// How the depthwise convolutions of an int8 encoder are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DepthwiseScheme {
+    F32,
+    Int8,
 }
 
 impl FcScheme {
@@ -868,11 +876,20 @@ pub struct DecoderParams {
 }
 
 /// How weight matrices are stored in a float graph (decoder; f32 encoder).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightStorage {
     F32,
     /// float16 storage, float32 compute.
     F16,
+}
+
+impl From<WeightStorage> for caption_proto::manifest::Storage {
+    fn from(s: WeightStorage) -> Self {
+        match s {
+            WeightStorage::F32 => caption_proto::manifest::Storage::F32,
+            WeightStorage::F16 => caption_proto::manifest::Storage::F16,
+        }
+    }
 }
 
 /// Names of the decoder graph's inputs and outputs (the bundle contract).

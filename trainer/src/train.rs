@@ -23,6 +23,16 @@ pub enum TrainError {
     Features { path: PathBuf, problem: String },
     #[error("checkpoint {path}: {problem}")]
     Checkpoint { path: PathBuf, problem: String },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path} is not a caption-train checkpoint description")]
+    CheckpointJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -44,7 +54,7 @@ pub enum TrainError {
 pub struct FeatureTable {
     pub features: Tensor,
     pub rows: HashMap<String, i64>,
-    pub encoder: String,
+    pub encoder: crate::encoders::EncoderKind,
     pub path: PathBuf,
 }
 
@@ -81,7 +91,11 @@ impl FeatureTable {
                 .map(|(i, id)| (id, i as i64))
                 .collect(),
             features: features.to_kind(Kind::Float),
-            encoder: meta.get("encoder").cloned().unwrap_or_default(),
+            encoder: meta
+                .get("encoder")
+                .ok_or_else(|| err("metadata field `encoder` missing".into()))?
+                .parse()
+                .map_err(|e| err(format!("metadata field `encoder`: {e}")))?,
             path: path.to_owned(),
         })
     }
@@ -196,11 +210,12 @@ pub struct CheckpointInfo {
     pub val_loss: f64,
     pub model: ModelConfig,
     pub max_length: usize,
-    pub encoder: String,
+    /// The encoder the training features came from.
+    pub encoder: crate::encoders::EncoderKind,
     pub features_file: String,
     pub options: TrainOptions,
-    /// The vocabulary, as `vocab.json` holds it.
-    pub vocab: serde_json::Value,
+    /// The vocabulary, in the form `vocab.json` holds it.
+    pub vocab: Vocabulary,
 }
 
 pub const CHECKPOINT_FORMAT: &str = "caption-checkpoint/1";
@@ -286,7 +301,10 @@ pub fn best_checkpoint(run_dir: &Path) -> Result<(PathBuf, CheckpointInfo), Trai
         path: run_dir.to_owned(),
         problem,
     };
-    let entries = std::fs::read_dir(run_dir).map_err(|e| err(e.to_string()))?;
+    let entries = std::fs::read_dir(run_dir).map_err(|source| TrainError::Read {
+        path: run_dir.to_owned(),
+        source,
+    })?;
     let mut best: Option<(PathBuf, CheckpointInfo)> = None;
     for entry in entries.flatten() {
         let path = entry.path();
@@ -310,8 +328,15 @@ pub fn load_info(json: &Path) -> Result<CheckpointInfo, TrainError> {
         path: json.to_owned(),
         problem,
     };
-    let text = std::fs::read_to_string(json).map_err(|e| err(e.to_string()))?;
-    let info: CheckpointInfo = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let text = std::fs::read_to_string(json).map_err(|source| TrainError::Read {
+        path: json.to_owned(),
+        source,
+    })?;
+    let info: CheckpointInfo =
+        serde_json::from_str(&text).map_err(|source| TrainError::CheckpointJson {
+            path: json.to_owned(),
+            source,
+        })?;
     if info.format != CHECKPOINT_FORMAT {
         return Err(err(format!(
             "field `format` is {:?}, expected {CHECKPOINT_FORMAT:?}",
@@ -452,10 +477,10 @@ pub fn train(inputs: &TrainInputs<'_>, opts: &TrainOptions) -> Result<TrainSumma
                 val_loss,
                 model: config.clone(),
                 max_length,
-                encoder: inputs.table.encoder.clone(),
+                encoder: inputs.table.encoder,
                 features_file: inputs.table.path.display().to_string(),
                 options: opts.clone(),
-                vocab: serde_json::from_str(&vocab.to_json()).expect("vocab json"),
+                vocab: vocab.clone(),
             };
             let json = inputs.run_dir.join(format!("{name}.json"));
             std::fs::write(&json, serde_json::to_string_pretty(&info).expect("json"))

@@ -7,7 +7,7 @@ use common::{ok_json, run, workspace};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use caption_proto::manifest::Manifest;
+use caption_proto::manifest::{Manifest, Quantization, Scheme, Storage};
 use caption_runtime::engine::Engine;
 
 fn fixture() -> String {
@@ -124,11 +124,18 @@ fn f32_export_reproduces_the_tch_model_and_records_it() {
     let m = &b.manifest;
     assert_eq!(m.model_id, "flickr8k-lite0-f32");
     assert_eq!(m.encoder.feature_dim, 1280);
-    assert_eq!(m.quantization["scheme"], "none (f32)");
+    assert_eq!(m.quantization, Quantization::none());
     assert!(m.metrics["f32_feature_cosine_min"] >= 0.9999);
     assert!(m.metrics["test_coco_bleu4"] >= 0.0);
-    assert!(m.provenance["export_command"].contains("export"));
-    assert!(m.provenance["epoch"].parse::<usize>().unwrap() >= 1);
+    assert!(m
+        .provenance
+        .export_command
+        .as_ref()
+        .unwrap()
+        .contains("export"));
+    assert!(m.provenance.epoch.unwrap() >= 1);
+    let options = m.provenance.training_options.as_ref().unwrap();
+    assert!(options["epochs"].as_integer().unwrap() >= 1);
     // The engine captions a fixture image with the bundle.
     let engine = Engine::load(bundle).unwrap();
     let image = workspace().join("fixtures/flickr8k/Flicker8k_Dataset/1056338697_4f7d7ce270.jpg");
@@ -171,14 +178,11 @@ fn int8_export_quantizes_the_encoder_and_reports_agreement() {
     let agreement = report["int8_f32_caption_agreement"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&agreement));
     let m = Manifest::load_bundle(&out).unwrap().manifest;
-    assert_eq!(m.quantization["scheme"], "int8 static");
+    assert_eq!(m.quantization.scheme, Scheme::Int8Static);
+    assert_eq!(m.quantization.decoder_storage, Storage::F16);
     assert_eq!(m.model_id, "flickr8k-lite0-int8");
-    assert!(
-        m.quantization["encoder_int8_layers"]
-            .parse::<usize>()
-            .unwrap()
-            > 30
-    );
+    assert!(m.quantization.encoder_int8_layers.unwrap() > 30);
+    assert!(m.quantization.calibration_images.unwrap() > 0);
     // The int8 encoder is smaller than the f32 one it came from.
     let size = |p: &Path| std::fs::metadata(p.join("encoder.onnx")).unwrap().len();
     assert!(
@@ -238,8 +242,8 @@ fn bad_bundles_are_refused_with_the_file_and_field() {
     );
     // A manifest from a newer format.
     refused(
-        |d| edit_manifest(d, "format_version = 1", "format_version = 2"),
-        &["manifest.toml", "format_version", "is 2"],
+        |d| edit_manifest(d, "format_version = 2", "format_version = 3"),
+        &["manifest.toml", "format_version", "is 3"],
     );
     // Shapes that do not match the graphs.
     refused(
@@ -256,7 +260,7 @@ fn bad_bundles_are_refused_with_the_file_and_field() {
     );
     // Not a manifest at all.
     refused(
-        |d| std::fs::write(d.join("manifest.toml"), "format_version = 1\n[encoder\n").unwrap(),
+        |d| std::fs::write(d.join("manifest.toml"), "format_version = 2\n[encoder\n").unwrap(),
         &["manifest.toml"],
     );
 }

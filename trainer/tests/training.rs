@@ -150,7 +150,7 @@ fn greedy_and_beam_one_equal_the_tutorials_loop_on_a_trained_model() {
     train(dir.path(), &["--epochs", "4"]);
     let (ckpt, info) = best_checkpoint(dir.path()).unwrap();
     let (_vs, model) = load_model(&ckpt, &info, Device::Cpu).unwrap();
-    let vocab = caption_proto::Vocabulary::from_json(&info.vocab.to_string(), "ckpt").unwrap();
+    let vocab = &info.vocab;
     let cfg = SearchConfig {
         beam: 1,
         max_length: info.max_length,
@@ -191,10 +191,15 @@ fn caption_prints_captions_and_reports_unreadable_images() {
         a.extend_from_slice(extra);
         run(&a)
     };
-    let out = caption(&["--json", image.to_str().unwrap()]);
-    let v = ok_json(&out);
-    assert!(!v["caption"].as_str().unwrap().is_empty());
-    assert!(v["score"].as_f64().unwrap() < 0.0);
+    let out = caption(&["--json", "--device", "cpu", image.to_str().unwrap()]);
+    // The event captiond publishes: camera `file`, the file in `image`.
+    let event: caption_proto::mqtt::CaptionEvent = serde_json::from_value(ok_json(&out)).unwrap();
+    assert!(!event.caption.is_empty());
+    assert!(event.score < 0.0);
+    assert_eq!(event.camera, caption_proto::mqtt::FILE_CAMERA);
+    assert_eq!(event.image.as_deref(), Some(image.to_str().unwrap()));
+    assert!(event.model_id.starts_with("model-ep"), "{}", event.model_id);
+    assert!(event.latency_ms.encoder > 0.0);
 
     let out = caption(&[image.to_str().unwrap(), bad.to_str().unwrap()]);
     assert!(!out.status.success());

@@ -71,6 +71,12 @@ pub enum WeightsError {
     },
     #[error("weights {path}: {problem}")]
     Format { path: PathBuf, problem: String },
+    #[error("weights {path}: {what}")]
+    Zip {
+        path: PathBuf,
+        what: String,
+        source: zip::result::ZipError,
+    },
     #[error("weights {path} do not fit {network}: {problem}")]
     Mismatch {
         path: PathBuf,
@@ -660,8 +666,15 @@ fn read_zip_checkpoint(
     bytes: &[u8],
 ) -> Result<HashMap<String, WeightTensor>, WeightsError> {
     let err = |p: String| format_err(path, p);
+    let zip_err = |what: String| {
+        move |source| WeightsError::Zip {
+            path: path.to_owned(),
+            what,
+            source,
+        }
+    };
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-        .map_err(|e| err(format!("broken zip checkpoint: {e}")))?;
+        .map_err(zip_err("broken zip checkpoint".into()))?;
     let pkl_name = (0..zip.len())
         .filter_map(|i| zip.by_index(i).ok().map(|f| f.name().to_owned()))
         .find(|n| n.ends_with("/data.pkl") || n == "data.pkl")
@@ -670,7 +683,7 @@ fn read_zip_checkpoint(
     let mut pkl = Vec::new();
     zip.by_name(&pkl_name)
         .and_then(|mut f| f.read_to_end(&mut pkl).map_err(Into::into))
-        .map_err(|e| err(format!("cannot read {pkl_name}: {e}")))?;
+        .map_err(zip_err(format!("cannot read {pkl_name}")))?;
     let root = Unpickler::new(&pkl)
         .load()
         .map_err(|e| err(format!("{pkl_name}: {e}")))?;
@@ -683,7 +696,7 @@ fn read_zip_checkpoint(
             let mut buf = Vec::new();
             zip.by_name(&entry)
                 .and_then(|mut f| f.read_to_end(&mut buf).map_err(Into::into))
-                .map_err(|e| err(format!("cannot read storage {entry}: {e}")))?;
+                .map_err(zip_err(format!("cannot read storage {entry}")))?;
             storages.insert(t.storage.clone(), buf);
         }
         let w = materialise(&t, &storages[&t.storage])

@@ -1,0 +1,119 @@
+//! `caption-train caption`: image files through a run's best checkpoint and its encoder
+//! in libtorch, each as the event `captiond` publishes (camera `file`, `image` naming the
+//! file), so that both halves print one schema.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use caption_proto::mqtt::{CaptionEvent, Origin, StageLatency, FILE_CAMERA};
+use caption_proto::preprocess::{PreprocessError, Preprocessing};
+use caption_proto::search::SearchConfig;
+use caption_proto::vocab::Vocabulary;
+use tch::{nn, Device, Tensor};
+
+use crate::encoders::TchEncoder;
+use crate::model::MergeModel;
+use crate::train::{self, TrainError};
+use crate::weights::WeightsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptionError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Image(#[from] PreprocessError),
+    #[error("checkpoint {0}: its vocabulary lacks startseq/endseq")]
+    NoStartEnd(String),
+}
+
+/// Beam search settings shared by `evaluate` and `caption`.
+pub fn search_config(
+    vocab: &Vocabulary,
+    max_length: usize,
+    beam: usize,
+    length_penalty: f32,
+) -> Option<SearchConfig> {
+    Some(SearchConfig {
+        beam,
+        max_length,
+        length_penalty,
+        start: vocab.start_index()?,
+        end: vocab.end_index()?,
+    })
+}
+
+/// A run's best checkpoint with its encoder, ready to caption files.
+pub struct CheckpointCaptioner {
+    _vs: nn::VarStore,
+    model: MergeModel,
+    vocab: Vocabulary,
+    encoder: TchEncoder,
+    preprocessing: Preprocessing,
+    search: SearchConfig,
+    /// The checkpoint's file stem (`model-ep003-loss…`): the events' `model_id`.
+    model_id: String,
+    run_id: u64,
+}
+
+impl CheckpointCaptioner {
+    /// The best checkpoint of `run` and the encoder it was trained on, from `weights`.
+    pub fn load(
+        run: &Path,
+        weights: &Path,
+        device: Device,
+        beam: usize,
+        length_penalty: f32,
+    ) -> Result<CheckpointCaptioner, CaptionError> {
+        let (checkpoint, info) = train::best_checkpoint(run)?;
+        let (vs, model) = train::load_model(&checkpoint, &info, device)?;
+        let spec = info.encoder.spec();
+        let preprocessing = spec.preprocessing.clone();
+        let encoder = TchEncoder::from_file(spec, weights, device)?;
+        let search = search_config(&info.vocab, info.max_length, beam, length_penalty)
+            .ok_or_else(|| CaptionError::NoStartEnd(checkpoint.display().to_string()))?;
+        let model_id = checkpoint
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        Ok(CheckpointCaptioner {
+            _vs: vs,
+            model,
+            vocab: info.vocab,
+            encoder,
+            preprocessing,
+            search,
+            model_id,
+            run_id: caption_proto::mqtt::new_run_id(),
+        })
+    }
+
+    /// Caption one image file; `sequence` numbers the files of one call.
+    pub fn caption_file(&self, path: &Path, sequence: u64) -> Result<CaptionEvent, CaptionError> {
+        let captured_at = SystemTime::now();
+        let t0 = Instant::now();
+        let pixels = self.preprocessing.from_file(path)?;
+        let side = self.preprocessing.size as i64;
+        let input = Tensor::from_slice(&pixels).reshape([1, 3, side, side]);
+        let t1 = Instant::now();
+        let features = self.encoder.features(&input);
+        let t2 = Instant::now();
+        let hyp = crate::evaluate::decode_all(&self.model, &features, &self.search, 1).remove(0);
+        let words = caption_proto::text::strip_special(self.vocab.decode(&hyp.tokens)).join(" ");
+        let origin = Origin {
+            camera: FILE_CAMERA.into(),
+            run_id: self.run_id,
+            sequence,
+            captured_at,
+            image: Some(path.display().to_string()),
+        };
+        let latency = StageLatency::from_stages(Duration::ZERO, t1 - t0, t2 - t1, t2.elapsed());
+        Ok(CaptionEvent::new(
+            origin,
+            words,
+            hyp.mean_log_prob() as f64,
+            self.model_id.clone(),
+            latency,
+        ))
+    }
+}
