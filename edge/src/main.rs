@@ -164,15 +164,12 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use tracing_subscriber::prelude::*;
-    let noise = tracing_subscriber::filter::filter_fn(|meta| {
-        !caption_edge::broker::is_clean_disconnect_noise(meta)
-    });
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_filter(filter)
-                .with_filter(noise),
+                .with_filter(caption_edge::broker::DisconnectNoise),
         )
         .init();
 }

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::bleu::{BleuError, BleuStats};
+use crate::cider::{cider_d, CiderError};
 use crate::dataset::Flickr8k;
 use crate::text::{py_split, strip_special, wrap, TextRules, START_TOKEN};
 
@@ -20,13 +21,38 @@ fn tokens_of(text: &str) -> Vec<String> {
     py_split(text).map(str::to_owned).collect()
 }
 
-/// BLEU of decoded captions under both protocols. `hyp_words[i]` are the generated words
-/// of image `ids[i]` (end token included when generated).
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Bleu(#[from] BleuError),
+    #[error(transparent)]
+    Cider(#[from] CiderError),
+}
+
+/// Every score of one evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// The tutorial's protocol (`original` text, special tokens kept, NLTK BLEU).
+    pub original: Scores,
+    /// coco-caption BLEU on `standard` text, special tokens stripped.
+    pub coco: Scores,
+    /// The same references and hypotheses with NLTK `corpus_bleu`.
+    pub coco_nltk: Scores,
+    /// CIDEr-D (pycocoevalcap's `Cider`) on the coco protocol's tokens, document
+    /// frequencies from this split's references.
+    pub cider_d: f64,
+    /// Different captions among the split's images (a model that says the same few
+    /// things everywhere scores low here).
+    pub distinct_captions: usize,
+}
+
+/// BLEU under both protocols and CIDEr-D of decoded captions. `hyp_words[i]` are the
+/// generated words of image `ids[i]` (end token included when generated).
 pub fn score(
     data: &Flickr8k,
     ids: &[String],
     hyp_words: &[Vec<String>],
-) -> Result<(Scores, Scores, Scores), BleuError> {
+) -> Result<Evaluation, ScoreError> {
     let original = data.clean_descriptions(TextRules::Original);
     let standard = data.clean_descriptions(TextRules::Standard);
     let orig_index: std::collections::HashMap<&str, usize> = original
@@ -80,11 +106,22 @@ pub fn score(
         bleu4: cs[3],
     };
     let third = 1.0 / 3.0;
-    let nltk = Scores {
+    let coco_nltk = Scores {
         bleu1: c.nltk(&[1.0])?,
         bleu2: c.nltk(&[0.5, 0.5])?,
         bleu3: c.nltk(&[third, third, third])?,
         bleu4: c.nltk(&[0.25; 4])?,
     };
-    Ok((original_scores, coco, nltk))
+    let cider = cider_d(&coco_refs, &coco_hyps)?;
+    let distinct_captions = coco_hyps
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    Ok(Evaluation {
+        original: original_scores,
+        coco,
+        coco_nltk,
+        cider_d: cider.corpus,
+        distinct_captions,
+    })
 }

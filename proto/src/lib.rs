@@ -7,6 +7,7 @@
 //! topics and payloads ([`mqtt`]). This crate never depends on tch or tract.
 
 pub mod bleu;
+pub mod cider;
 pub mod dataset;
 pub mod evaluation;
 pub mod manifest;

@@ -19,7 +19,7 @@ pub enum EvaluateError {
     #[error("split {0} has no images with captions")]
     EmptySplit(Split),
     #[error(transparent)]
-    Bleu(#[from] caption_proto::BleuError),
+    Score(#[from] caption_proto::evaluation::ScoreError),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +50,10 @@ pub struct BundleEvaluation {
     /// coco-caption BLEU on `standard` text, special tokens stripped.
     pub coco_protocol: Scores,
     pub coco_protocol_nltk: Scores,
+    /// CIDEr-D (pycocoevalcap's `Cider`) on the coco protocol's tokens.
+    pub coco_cider_d: f64,
+    /// Different captions among the split's images.
+    pub distinct_captions: usize,
     pub timings: Timings,
 }
 
@@ -113,7 +117,7 @@ pub fn evaluate(
                 .collect()
         })
         .collect();
-    let (original, coco, nltk) = score(data, &ids, &words)?;
+    let scores = score(data, &ids, &words)?;
     let predictions = ids
         .iter()
         .cloned()
@@ -130,9 +134,11 @@ pub fn evaluate(
             images: ids.len(),
             beam: beam.max(1),
             model_text_rules: m.vocabulary.text_rules,
-            original_protocol: original,
-            coco_protocol: coco,
-            coco_protocol_nltk: nltk,
+            original_protocol: scores.original,
+            coco_protocol: scores.coco,
+            coco_protocol_nltk: scores.coco_nltk,
+            coco_cider_d: scores.cider_d,
+            distinct_captions: scores.distinct_captions,
             timings: Timings {
                 preprocess_s: pre_s,
                 encoder_s: enc_s,

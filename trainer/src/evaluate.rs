@@ -121,6 +121,10 @@ pub struct EvaluationReport {
     pub coco_protocol: Scores,
     /// The same with NLTK `corpus_bleu` (uniform cumulative weights).
     pub coco_protocol_nltk: Scores,
+    /// CIDEr-D (pycocoevalcap's `Cider`) on the coco protocol's tokens.
+    pub coco_cider_d: f64,
+    /// Different captions among the split's images.
+    pub distinct_captions: usize,
     /// Fair only for a model trained on `standard` text.
     pub coco_protocol_fair: bool,
     pub decode_seconds: f64,
@@ -169,7 +173,7 @@ pub fn evaluate(
                 .collect()
         })
         .collect();
-    let (original, coco, nltk) = score(inputs.data, &ids, &words)?;
+    let scores = score(inputs.data, &ids, &words)?;
     let predictions = ids
         .iter()
         .zip(&words)
@@ -193,10 +197,12 @@ pub fn evaluate(
                 "max_length": inputs.search.max_length,
                 "search": if inputs.search.beam <= 1 { "greedy" } else { "beam" },
             }),
-            original_protocol: original,
+            original_protocol: scores.original,
             original_protocol_fair: rules == TextRules::Original,
-            coco_protocol: coco,
-            coco_protocol_nltk: nltk,
+            coco_protocol: scores.coco,
+            coco_protocol_nltk: scores.coco_nltk,
+            coco_cider_d: scores.cider_d,
+            distinct_captions: scores.distinct_captions,
             coco_protocol_fair: rules == TextRules::Standard,
             decode_seconds,
             images_per_second: ids.len() as f64 / decode_seconds,

@@ -809,6 +809,11 @@ pub fn export(
                     m.insert(format!("{s}_{name}_bleu{}", i + 1), v);
                 }
             }
+            m.insert(format!("{s}_coco_cider_d"), report.coco_cider_d);
+            m.insert(
+                format!("{s}_distinct_captions"),
+                report.distinct_captions as f64,
+            );
             m.insert(format!("{s}_bleu_beam"), beam as f64);
             m.insert(format!("{s}_bleu_images"), report.images as f64);
             write_manifest(&final_dir, &final_manifest)?;

@@ -45,7 +45,7 @@ pub enum TrainError {
     #[error(transparent)]
     Vocab(#[from] caption_proto::vocab::VocabError),
     #[error(transparent)]
-    Bleu(#[from] caption_proto::BleuError),
+    Score(#[from] caption_proto::evaluation::ScoreError),
     #[error("the {0} split has no caption with image features")]
     EmptySplit(Split),
 }

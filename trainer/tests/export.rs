@@ -103,6 +103,9 @@ fn f32_bundle() -> &'static Path {
         let eval = &report["evaluation"];
         assert_eq!(eval["images"], 16);
         assert!(eval["coco_protocol"]["bleu1"].as_f64().unwrap() > 0.0);
+        assert!(eval["coco_cider_d"].as_f64().unwrap() >= 0.0);
+        let distinct = eval["distinct_captions"].as_u64().unwrap();
+        assert!((1..=16).contains(&distinct), "{eval}");
         (dir, out)
     });
     path
@@ -127,6 +130,8 @@ fn f32_export_reproduces_the_tch_model_and_records_it() {
     assert_eq!(m.quantization, Quantization::none());
     assert!(m.metrics["f32_feature_cosine_min"] >= 0.9999);
     assert!(m.metrics["test_coco_bleu4"] >= 0.0);
+    assert!(m.metrics["test_coco_cider_d"] >= 0.0);
+    assert!(m.metrics["test_distinct_captions"] >= 1.0);
     assert!(m
         .provenance
         .export_command
