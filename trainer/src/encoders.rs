@@ -313,6 +313,30 @@ fn collect_params(ops: &[Op], out: &mut Vec<(String, Vec<usize>)>) {
 }
 
 impl EncoderSpec {
+    /// The ops up to the last convolutional feature map (before the global pooling or
+    /// the flattening that makes the feature vector): what `extract --spatial` keeps.
+    pub fn spatial_ops(&self) -> &[Op] {
+        let end = self
+            .features
+            .iter()
+            .position(|op| matches!(op, Op::GlobalAvgPool | Op::Flatten))
+            .unwrap_or(self.features.len());
+        &self.features[..end]
+    }
+
+    /// Channels of the last convolutional feature map.
+    pub fn spatial_channels(&self) -> usize {
+        fn last_channels(ops: &[Op]) -> Option<usize> {
+            ops.iter().rev().find_map(|op| match op {
+                Op::Conv2d { cout, .. } => Some(*cout),
+                Op::BatchNorm { channels, .. } => Some(*channels),
+                Op::Residual(body) => last_channels(body),
+                _ => None,
+            })
+        }
+        last_channels(self.spatial_ops()).unwrap_or(0)
+    }
+
     /// Every parameter (name, shape) the description needs, features then head.
     pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
         let mut out = Vec::new();
@@ -474,6 +498,22 @@ impl TchEncoder {
         tch::no_grad(|| self.run(&self.spec.features, batch.to_device(self.device)))
     }
 
+    /// The last convolutional feature map of a preprocessed batch as regions:
+    /// `[N, H*W, C]` (row-major over the map), e.g. `[N, 49, 1280]` for Lite0 at 224.
+    pub fn spatial(&self, batch: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            self.spatial_map(batch)
+                .flatten(2, -1)
+                .transpose(1, 2)
+                .contiguous()
+        })
+    }
+
+    /// The last convolutional feature map `[N, C, H, W]`.
+    pub fn spatial_map(&self, batch: &Tensor) -> Tensor {
+        tch::no_grad(|| self.run(self.spec.spatial_ops(), batch.to_device(self.device)))
+    }
+
     /// ImageNet logits `[N, 1000]` of features from [`TchEncoder::features`].
     pub fn logits(&self, features: &Tensor) -> Tensor {
         tch::no_grad(|| self.run(&self.spec.head, features.shallow_clone()))
@@ -511,6 +551,19 @@ mod tests {
             .sum();
         // EfficientNet-Lite0: 4.65 M trainable parameters.
         assert_eq!(count, 4_652_008);
+    }
+
+    #[test]
+    fn the_spatial_map_ends_before_the_pooling() {
+        let lite = efficientnet_lite0();
+        assert_eq!(lite.spatial_ops().len(), lite.features.len() - 1);
+        assert_eq!(lite.spatial_channels(), 1280);
+        let vgg = vgg16();
+        assert!(matches!(
+            vgg.spatial_ops().last(),
+            Some(Op::MaxPool2d { .. })
+        ));
+        assert_eq!(vgg.spatial_channels(), 512);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! `caption-train extract`: image features for every Flickr8k image, cached in one
 //! safetensors file.
 //!
-//! Output: an f32 tensor `features` `[N, D]`; metadata (all strings): `format`
-//! (`caption-features/1`), `ids` (JSON array of image ids in row order), `encoder`,
+//! Output: an f32 tensor `features` `[N, D]` (the pooled feature vectors), or with
+//! `--spatial` a float16 tensor `[N, R, C]`: the last convolutional feature map as R
+//! regions of C channels (Lite0 at 224×224: 7×7 = 49 regions × 1,280); metadata (all
+//! strings): `format` (`caption-features/1`), `layout` (`pooled` or `spatial`), `grid`
+//! (`[H, W]` of the map, spatial only), `ids` (JSON array of image ids in row order), `encoder`,
 //! `preprocessing` (JSON), `weights_file`, `weights_sha256` (`random-init` when random),
 //! `random_init`, `seed`, `skipped` (JSON array of `{id, path, problem}`), `fingerprint`
 //! (hash of everything above that decides the rows; a re-run with the same fingerprint
@@ -66,7 +69,13 @@ pub struct ExtractOptions {
     /// JPEG decoding threads running alongside the network.
     pub workers: usize,
     pub progress: bool,
+    /// Keep the last convolutional feature map (float16 regions) instead of the vector.
+    pub spatial: bool,
 }
+
+/// What one row of a features file holds.
+pub const LAYOUT_POOLED: &str = "pooled";
+pub const LAYOUT_SPATIAL: &str = "spatial";
 
 /// An image left out, with why.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -80,8 +89,16 @@ pub struct Skipped {
 pub struct ExtractSummary {
     pub out: PathBuf,
     pub encoder: String,
+    /// `pooled` or `spatial`.
+    pub layout: &'static str,
     pub rows: usize,
+    /// Channels per row (pooled) or per region (spatial).
     pub feature_dim: usize,
+    /// Regions per image (spatial only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regions: Option<usize>,
+    /// Size of the written file.
+    pub bytes: u64,
     pub skipped: Vec<Skipped>,
     /// True when an existing file with the same fingerprint was reused.
     pub reused: bool,
@@ -133,10 +150,21 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractSummary, ExtractError> {
     };
     let preprocessing = serde_json::to_string(&spec.preprocessing).expect("serialisable");
     let candidates: Vec<&str> = images.iter().map(|i| i.file_name.as_str()).collect();
+    let layout = if opts.spatial {
+        LAYOUT_SPATIAL
+    } else {
+        LAYOUT_POOLED
+    };
+    let feature_dim = if opts.spatial {
+        spec.spatial_channels()
+    } else {
+        spec.feature_dim
+    };
     let fingerprint = {
         let mut h = Sha256::new();
         for part in [
             FEATURES_FORMAT,
+            layout,
             opts.encoder.name(),
             &weights_sha256,
             &preprocessing,
@@ -159,11 +187,15 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractSummary, ExtractError> {
         })
         .filter(|(_, skipped)| !opts.strict || skipped.is_empty());
     if let Some((ids, skipped)) = reusable {
+        let regions = read_header_shape(&opts.out).and_then(|s| (s.len() == 3).then(|| s[1]));
         return Ok(ExtractSummary {
             out: opts.out.clone(),
             encoder: opts.encoder.name().into(),
+            layout,
             rows: ids.len(),
-            feature_dim: spec.feature_dim,
+            feature_dim,
+            regions,
+            bytes: file_size(&opts.out),
             skipped,
             reused: true,
             seconds: started.elapsed().as_secs_f64(),
@@ -193,7 +225,10 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractSummary, ExtractError> {
 
     let mut ids = Vec::with_capacity(paths.len());
     let mut skipped = Vec::new();
-    let mut rows: Vec<f32> = Vec::with_capacity(paths.len() * spec.feature_dim);
+    // Little-endian f32 (pooled) or f16 (spatial) values, row after row.
+    let mut rows: Vec<u8> = Vec::new();
+    let mut regions: Option<usize> = None;
+    let mut grid: Option<[i64; 2]> = None;
     let next = AtomicUsize::new(0);
     let result: Result<(), ExtractError> = std::thread::scope(|scope| {
         let (tx, rx) =
@@ -217,15 +252,30 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractSummary, ExtractError> {
         let mut expected = 0;
         let mut batch: Vec<f32> = Vec::with_capacity(opts.batch_size * (3 * side * side) as usize);
         let mut batch_ids: Vec<String> = Vec::new();
-        let mut flush = |batch: &mut Vec<f32>, batch_ids: &mut Vec<String>, rows: &mut Vec<f32>| {
+        let mut flush = |batch: &mut Vec<f32>, batch_ids: &mut Vec<String>, rows: &mut Vec<u8>| {
             if batch_ids.is_empty() {
                 return;
             }
             let n = batch_ids.len() as i64;
             let input = Tensor::from_slice(batch).reshape([n, 3, side, side]);
-            let out = encoder.features(&input).to_device(Device::Cpu).contiguous();
-            let flat: Vec<f32> = Vec::<f32>::try_from(&out.flatten(0, -1)).expect("f32 features");
-            rows.extend(flat);
+            if opts.spatial {
+                let map = encoder.spatial_map(&input).to_device(Device::Cpu);
+                let size = map.size();
+                grid = Some([size[2], size[3]]);
+                regions = Some((size[2] * size[3]) as usize);
+                // [N, C, H, W] -> [N, H*W, C]: one row of channels per region.
+                let map = map.flatten(2, -1).transpose(1, 2).contiguous();
+                let flat: Vec<f32> = Vec::<f32>::try_from(&map.flatten(0, -1)).expect("f32 map");
+                rows.extend(
+                    flat.iter()
+                        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes()),
+                );
+            } else {
+                let out = encoder.features(&input).to_device(Device::Cpu).contiguous();
+                let flat: Vec<f32> =
+                    Vec::<f32>::try_from(&out.flatten(0, -1)).expect("f32 features");
+                rows.extend(flat.iter().flat_map(|v| v.to_le_bytes()));
+            }
             ids.append(batch_ids);
             batch.clear();
         };
@@ -268,6 +318,10 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractSummary, ExtractError> {
 
     let mut metadata = HashMap::new();
     metadata.insert("format".to_owned(), FEATURES_FORMAT.to_owned());
+    metadata.insert("layout".to_owned(), layout.to_owned());
+    if let Some(g) = grid {
+        metadata.insert("grid".to_owned(), format!("[{}, {}]", g[0], g[1]));
+    }
     metadata.insert("ids".to_owned(), serde_json::to_string(&ids).expect("json"));
     metadata.insert("encoder".to_owned(), opts.encoder.name().to_owned());
     metadata.insert("preprocessing".to_owned(), preprocessing);
@@ -286,14 +340,21 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractSummary, ExtractError> {
         serde_json::to_string(&skipped).expect("json"),
     );
     metadata.insert("fingerprint".to_owned(), fingerprint);
-    write_features(&opts.out, &rows, spec.feature_dim, metadata)?;
+    let (dtype, shape) = match regions {
+        Some(r) => (safetensors::Dtype::F16, vec![ids.len(), r, feature_dim]),
+        None => (safetensors::Dtype::F32, vec![ids.len(), feature_dim]),
+    };
+    write_features(&opts.out, &rows, dtype, shape, metadata)?;
 
     let seconds = started.elapsed().as_secs_f64();
     Ok(ExtractSummary {
         out: opts.out.clone(),
         encoder: opts.encoder.name().into(),
+        layout,
         rows: ids.len(),
-        feature_dim: spec.feature_dim,
+        feature_dim,
+        regions,
+        bytes: file_size(&opts.out),
         images_per_second: (ids.len() + skipped.len()) as f64 / seconds,
         skipped,
         reused: false,
@@ -306,21 +367,17 @@ pub fn extract(opts: &ExtractOptions) -> Result<ExtractSummary, ExtractError> {
 /// that looks complete.
 fn write_features(
     out: &Path,
-    rows: &[f32],
-    dim: usize,
+    bytes: &[u8],
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
     metadata: HashMap<String, String>,
 ) -> Result<(), ExtractError> {
     let write_err = |problem: String| ExtractError::Write {
         path: out.to_owned(),
         problem,
     };
-    let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(
-        safetensors::Dtype::F32,
-        vec![rows.len() / dim, dim],
-        &bytes,
-    )
-    .map_err(|e| write_err(e.to_string()))?;
+    let view = safetensors::tensor::TensorView::new(dtype, shape, bytes)
+        .map_err(|e| write_err(e.to_string()))?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| write_err(e.to_string()))?;
     }
@@ -330,4 +387,23 @@ fn write_features(
     safetensors::serialize_to_file([("features", view)], &Some(metadata), &partial)
         .map_err(|e| write_err(e.to_string()))?;
     std::fs::rename(&partial, out).map_err(|e| write_err(e.to_string()))
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// The shape of the `features` tensor of a features file, from its header.
+pub fn read_header_shape(path: &Path) -> Option<Vec<usize>> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let n = u64::from_le_bytes(len) as usize;
+    if n > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; n];
+    file.read_exact(&mut header).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    serde_json::from_value(value.get("features")?.get("shape")?.clone()).ok()
 }

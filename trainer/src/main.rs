@@ -114,6 +114,11 @@ enum Command {
         /// Image decoding threads running alongside the network.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Store the last convolutional feature map (float16, `[N, regions, channels]`,
+        /// e.g. 49 × 1,280 for Lite0) instead of the pooled vector: the attention model's
+        /// input.
+        #[arg(long)]
+        spatial: bool,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -329,6 +334,7 @@ fn main() -> Result<()> {
             strict,
             limit,
             workers,
+            spatial,
             quiet,
         } => {
             let device = device.resolve()?;
@@ -344,6 +350,7 @@ fn main() -> Result<()> {
                 limit,
                 workers,
                 progress: !quiet,
+                spatial,
             };
             let summary = extract::extract(&opts).with_context(|| {
                 format!(

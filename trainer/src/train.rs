@@ -66,6 +66,13 @@ impl FeatureTable {
         };
         let meta = crate::extract::read_metadata(path)
             .ok_or_else(|| err("not a caption-train extract output (no metadata)".into()))?;
+        if meta.get("layout").map(String::as_str) == Some(crate::extract::LAYOUT_SPATIAL) {
+            return Err(err(
+                "holds spatial features (extract --spatial), but the merge model trains on \
+                 pooled feature vectors: extract again without --spatial"
+                    .into(),
+            ));
+        }
         let ids: Vec<String> = serde_json::from_str(
             meta.get("ids")
                 .ok_or_else(|| err("metadata field `ids` missing".into()))?,

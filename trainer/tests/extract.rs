@@ -112,6 +112,93 @@ fn extract_skips_bad_images_records_provenance_and_reuses_its_output() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `--spatial` keeps the 7x7 map as 49 float16 regions; averaged over the regions they
+/// are the pooled vector (up to float16 rounding), and `train` refuses them for the merge
+/// model with the reason.
+#[test]
+fn spatial_features_are_the_map_whose_mean_is_the_pooled_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let data = dir.path().display().to_string();
+    let pooled = dir.path().join("pooled.safetensors");
+    let spatial = dir.path().join("spatial.safetensors");
+    let extract = |out: &Path, extra: &[&str]| {
+        let out = out.display().to_string();
+        let w = weights();
+        let mut args = vec![
+            "extract",
+            "--data",
+            &data,
+            "--encoder",
+            "efficientnet-lite0",
+            "--weights",
+            &w,
+            "--out",
+            &out,
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        ok_json(&run(&args))
+    };
+    let p = extract(&pooled, &[]);
+    assert_eq!(p["layout"], "pooled");
+    let s = extract(&spatial, &["--spatial"]);
+    assert_eq!(s["layout"], "spatial");
+    assert_eq!(s["regions"], 49);
+    assert_eq!(s["feature_dim"], 1280);
+    // float16: half the bytes per value.
+    let values = 4 * 49 * 1280;
+    assert!(s["bytes"].as_u64().unwrap() >= 2 * values as u64);
+    assert!(s["bytes"].as_u64().unwrap() < 2 * values as u64 + 64 * 1024);
+    let meta = caption_trainer::extract::read_metadata(&spatial).unwrap();
+    assert_eq!(meta["layout"], "spatial");
+    assert_eq!(meta["grid"], "[7, 7]");
+
+    let read = |path: &Path| tch::Tensor::read_safetensors(path).unwrap().remove(0).1;
+    let map = read(&spatial);
+    assert_eq!(map.size(), [4, 49, 1280]);
+    assert_eq!(map.kind(), tch::Kind::Half);
+    let mean = map
+        .to_kind(tch::Kind::Float)
+        .mean_dim(1, false, tch::Kind::Float);
+    let vector = read(&pooled);
+    let diff = (&mean - &vector).abs().max().double_value(&[]);
+    let scale = vector.abs().max().double_value(&[]);
+    assert!(
+        diff <= 1e-3 * scale.max(1.0),
+        "max |mean - pooled| {diff} (scale {scale})"
+    );
+    // Not all regions alike: it is a map, not a broadcast vector.
+    let spread = map
+        .to_kind(tch::Kind::Float)
+        .std_dim(1, true, false)
+        .mean(tch::Kind::Float);
+    assert!(spread.double_value(&[]) > 1e-3);
+
+    // A second run with --spatial reuses the file; without it, it does not.
+    assert_eq!(extract(&spatial, &["--spatial"])["reused"], true);
+
+    let run_dir = dir.path().join("run").display().to_string();
+    let refused = run(&[
+        "train",
+        "--features",
+        &spatial.display().to_string(),
+        "--data",
+        &data,
+        "--out",
+        &run_dir,
+        "--epochs",
+        "1",
+        "--quiet",
+    ]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("spatial") && err.contains("--spatial"),
+        "{err}"
+    );
+}
+
 #[test]
 fn random_init_is_for_vgg16_only_and_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
