@@ -5,6 +5,7 @@
 //! (BLEU), [`caption`] (image files through a checkpoint), [`export`] (ONNX bundles written
 //! by [`onnx`] and verified in the edge's engine), [`device`] (what libtorch sees).
 
+pub mod attention;
 pub mod caption;
 pub mod device;
 pub mod encoders;

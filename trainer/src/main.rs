@@ -127,9 +127,13 @@ enum Command {
     /// with the best dev loss (`model-epNNN-lossX-val_lossY.{safetensors,json}`), writes
     /// `metrics.csv` and `vocab.json` into the run directory, prints a JSON summary.
     Train {
-        /// Features file from `caption-train extract`.
+        /// Features file from `caption-train extract` (`--spatial` for attention).
         #[arg(long)]
         features: PathBuf,
+        /// `merge` (the tutorial's model, pooled features) or `attention` (Show, Attend
+        /// and Tell soft attention over spatial features).
+        #[arg(long, value_enum, default_value_t = train::ModelKind::Merge)]
+        model: train::ModelKind,
         /// Flickr8k folder.
         #[arg(long)]
         data: PathBuf,
@@ -372,6 +376,7 @@ fn main() -> Result<()> {
         }
         Command::Train {
             features,
+            model,
             data,
             out,
             text,
@@ -390,6 +395,7 @@ fn main() -> Result<()> {
                 Flickr8k::load(&data).with_context(|| format!("reading {}", data.display()))?;
             let table = train::FeatureTable::load(&features)?;
             let opts = train::TrainOptions {
+                model,
                 epochs,
                 batch_size: batch_size.max(1),
                 learning_rate,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+use crate::attention::{AttentionConfig, AttentionModel};
 use crate::model::{MergeModel, ModelConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +51,12 @@ pub enum TrainError {
     EmptySplit(Split),
 }
 
-/// Image features loaded from an `extract` output.
+/// Image features loaded from an `extract` output: pooled vectors `[N, D]` (f32) or
+/// spatial regions `[N, R, C]` (float16, converted per batch).
 pub struct FeatureTable {
     pub features: Tensor,
+    /// `extract --spatial` output.
+    pub spatial: bool,
     pub rows: HashMap<String, i64>,
     pub encoder: crate::encoders::EncoderKind,
     pub path: PathBuf,
@@ -66,13 +70,8 @@ impl FeatureTable {
         };
         let meta = crate::extract::read_metadata(path)
             .ok_or_else(|| err("not a caption-train extract output (no metadata)".into()))?;
-        if meta.get("layout").map(String::as_str) == Some(crate::extract::LAYOUT_SPATIAL) {
-            return Err(err(
-                "holds spatial features (extract --spatial), but the merge model trains on \
-                 pooled feature vectors: extract again without --spatial"
-                    .into(),
-            ));
-        }
+        let spatial =
+            meta.get("layout").map(String::as_str) == Some(crate::extract::LAYOUT_SPATIAL);
         let ids: Vec<String> = serde_json::from_str(
             meta.get("ids")
                 .ok_or_else(|| err("metadata field `ids` missing".into()))?,
@@ -84,11 +83,13 @@ impl FeatureTable {
             .find(|(n, _)| n == "features")
             .map(|(_, t)| t)
             .ok_or_else(|| err("tensor `features` missing".into()))?;
-        if features.size().len() != 2 || features.size()[0] != ids.len() as i64 {
+        let rank = if spatial { 3 } else { 2 };
+        if features.size().len() != rank || features.size()[0] != ids.len() as i64 {
             return Err(err(format!(
-                "tensor `features` is {:?} but `ids` lists {} images",
+                "tensor `features` is {:?} but `ids` lists {} images ({} layout)",
                 features.size(),
-                ids.len()
+                ids.len(),
+                if spatial { "spatial" } else { "pooled" }
             )));
         }
         Ok(FeatureTable {
@@ -97,7 +98,13 @@ impl FeatureTable {
                 .enumerate()
                 .map(|(i, id)| (id, i as i64))
                 .collect(),
-            features: features.to_kind(Kind::Float),
+            // Spatial files stay float16 in memory (1 GB for Flickr8k, not 2).
+            features: if spatial {
+                features
+            } else {
+                features.to_kind(Kind::Float)
+            },
+            spatial,
             encoder: meta
                 .get("encoder")
                 .ok_or_else(|| err("metadata field `encoder` missing".into()))?
@@ -107,8 +114,9 @@ impl FeatureTable {
         })
     }
 
+    /// Channels per vector (pooled) or per region (spatial).
     pub fn dim(&self) -> usize {
-        self.features.size()[1] as usize
+        *self.features.size().last().unwrap_or(&0) as usize
     }
 }
 
@@ -197,8 +205,22 @@ impl CaptionSet {
     }
 }
 
+/// Which caption model `train` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// The tutorial's merge model on pooled features.
+    #[default]
+    Merge,
+    /// Show, Attend and Tell soft attention on spatial features (`extract --spatial`).
+    Attention,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainOptions {
+    /// Absent in checkpoints written before attention existed: merge.
+    #[serde(default)]
+    pub model: ModelKind,
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -215,7 +237,12 @@ pub struct CheckpointInfo {
     pub epoch: usize,
     pub train_loss: f64,
     pub val_loss: f64,
+    /// The merge model's sizes; for an attention checkpoint the sizes it shares
+    /// (feature, vocabulary, embedding, hidden, dropout), the rest in `attention`.
     pub model: ModelConfig,
+    /// The attention model's sizes (attention checkpoints only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<AttentionConfig>,
     pub max_length: usize,
     /// The encoder the training features came from.
     pub encoder: crate::encoders::EncoderKind,
@@ -232,15 +259,50 @@ pub fn checkpoint_name(epoch: usize, train_loss: f64, val_loss: f64) -> String {
     format!("model-ep{epoch:03}-loss{train_loss:.3}-val_loss{val_loss:.3}")
 }
 
-/// Mean loss over every real target token of a set (no dropout).
+/// The model being trained.
+pub enum TrainModel {
+    Merge(MergeModel),
+    Attention(AttentionModel),
+}
+
+impl TrainModel {
+    /// (what the optimiser minimises, mean cross-entropy over real targets, their count).
+    pub fn losses(
+        &self,
+        features: &Tensor,
+        inputs: &Tensor,
+        targets: &Tensor,
+        train: bool,
+    ) -> (Tensor, Tensor, i64) {
+        match self {
+            TrainModel::Merge(m) => {
+                let (loss, n) = m.loss(features, inputs, targets, train);
+                (loss.shallow_clone(), loss, n)
+            }
+            TrainModel::Attention(m) => {
+                let l = m.loss(features, inputs, targets, train);
+                (l.total(), l.cross_entropy, l.count)
+            }
+        }
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        match self {
+            TrainModel::Merge(m) => m.parameter_count(),
+            TrainModel::Attention(m) => m.parameter_count(),
+        }
+    }
+}
+
+/// Mean cross-entropy over every real target token of a set (no dropout).
 pub fn evaluate_loss(
-    model: &MergeModel,
+    model: &TrainModel,
     set: &CaptionSet,
     table: &FeatureTable,
     batch_size: usize,
+    device: Device,
 ) -> f64 {
     tch::no_grad(|| {
-        let device = model.device();
         let (mut total, mut count) = (0.0, 0i64);
         // Similar lengths together: less padding for the LSTM, same mean over tokens.
         let mut order: Vec<usize> = (0..set.items.len()).collect();
@@ -251,7 +313,7 @@ pub fn evaluate_loss(
                 .features
                 .index_select(0, &rows.to_device(Device::Cpu))
                 .to_device(device);
-            let (loss, n) = model.loss(&feats, &inputs, &targets, false);
+            let (_, loss, n) = model.losses(&feats, &inputs, &targets, false);
             total += loss.double_value(&[]) * n as f64;
             count += n;
         }
@@ -359,6 +421,14 @@ pub fn load_model(
     info: &CheckpointInfo,
     device: Device,
 ) -> Result<(nn::VarStore, MergeModel), TrainError> {
+    if info.attention.is_some() {
+        return Err(TrainError::Checkpoint {
+            path: weights.to_owned(),
+            problem: "an attention checkpoint: evaluate, caption and export run merge \
+                      checkpoints only so far"
+                .into(),
+        });
+    }
     let mut vs = nn::VarStore::new(device);
     let model = MergeModel::new(&vs.root(), info.model.clone());
     vs.load(weights).map_err(|e| TrainError::Checkpoint {
@@ -395,10 +465,47 @@ pub fn train(inputs: &TrainInputs<'_>, opts: &TrainOptions) -> Result<TrainSumma
     std::fs::create_dir_all(inputs.run_dir).map_err(write_err(inputs.run_dir))?;
     vocab.save(&inputs.run_dir.join("vocab.json"))?;
 
+    match (opts.model, inputs.table.spatial) {
+        (ModelKind::Merge, true) => {
+            return Err(TrainError::Features {
+                path: inputs.table.path.clone(),
+                problem: "holds spatial features (extract --spatial), but the merge model \
+                          trains on pooled feature vectors: extract again without --spatial, \
+                          or train --model attention"
+                    .into(),
+            })
+        }
+        (ModelKind::Attention, false) => {
+            return Err(TrainError::Features {
+                path: inputs.table.path.clone(),
+                problem: "holds pooled feature vectors, but --model attention attends over \
+                          regions: extract with --spatial"
+                    .into(),
+            })
+        }
+        _ => {}
+    }
     tch::manual_seed(opts.seed);
-    let config = ModelConfig::tutorial(inputs.table.dim(), vocab.size());
     let mut vs = nn::VarStore::new(inputs.device);
-    let model = MergeModel::new(&vs.root(), config.clone());
+    let (config, attention, model) = match opts.model {
+        ModelKind::Merge => {
+            let config = ModelConfig::tutorial(inputs.table.dim(), vocab.size());
+            let model = MergeModel::new(&vs.root(), config.clone());
+            (config, None, TrainModel::Merge(model))
+        }
+        ModelKind::Attention => {
+            let a = AttentionConfig::standard(inputs.table.dim(), vocab.size());
+            let shared = ModelConfig {
+                feature_dim: a.feature_dim,
+                vocab_size: a.vocab_size,
+                embed_dim: a.embed_dim,
+                hidden: a.hidden,
+                dropout: a.dropout,
+            };
+            let model = AttentionModel::new(&vs.root(), a.clone());
+            (shared, Some(a), TrainModel::Attention(model))
+        }
+    };
     let mut start_epoch = 1;
     let mut best_val = f64::INFINITY;
     let mut best_epoch = 0;
@@ -458,8 +565,8 @@ pub fn train(inputs: &TrainInputs<'_>, opts: &TrainOptions) -> Result<TrainSumma
         for chunk in &batches {
             let (rows, inputs_t, targets) = train_set.batch(chunk, inputs.device);
             let feats = features_dev.index_select(0, &rows);
-            let (loss, n) = model.loss(&feats, &inputs_t, &targets, true);
-            opt.backward_step(&loss);
+            let (objective, loss, n) = model.losses(&feats, &inputs_t, &targets, true);
+            opt.backward_step(&objective);
             total += loss.double_value(&[]) * n as f64;
             count += n;
             bar.inc(chunk.len() as u64);
@@ -467,7 +574,7 @@ pub fn train(inputs: &TrainInputs<'_>, opts: &TrainOptions) -> Result<TrainSumma
         }
         bar.finish_and_clear();
         let train_loss = total / count.max(1) as f64;
-        let val_loss = evaluate_loss(&model, &dev_set, inputs.table, 256);
+        let val_loss = evaluate_loss(&model, &dev_set, inputs.table, 256, inputs.device);
         let improved = val_loss < best_val;
         let seconds = epoch_start.elapsed().as_secs_f64();
         if improved {
@@ -483,6 +590,7 @@ pub fn train(inputs: &TrainInputs<'_>, opts: &TrainOptions) -> Result<TrainSumma
                 train_loss,
                 val_loss,
                 model: config.clone(),
+                attention: attention.clone(),
                 max_length,
                 encoder: inputs.table.encoder,
                 features_file: inputs.table.path.display().to_string(),

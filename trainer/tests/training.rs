@@ -212,3 +212,73 @@ fn caption_prints_captions_and_reports_unreadable_images() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `train --model attention` on the fixture's spatial features: the loss falls, the
+/// checkpoint records the attention sizes, and the commands that run merge checkpoints
+/// only refuse it with the reason; pooled features are refused for attention.
+#[test]
+fn the_attention_model_trains_on_spatial_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let spatial = dir.path().join("spatial.safetensors");
+    let weights = common::lite0_weights();
+    ok_json(&run(&[
+        "extract",
+        "--data",
+        fixture(),
+        "--encoder",
+        "efficientnet-lite0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        spatial.to_str().unwrap(),
+        "--spatial",
+        "--quiet",
+    ]));
+    let run_dir = dir.path().join("attention");
+    let train_args = |features: &Path, out: &Path| {
+        run(&[
+            "train",
+            "--model",
+            "attention",
+            "--features",
+            features.to_str().unwrap(),
+            "--data",
+            fixture(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "3",
+            "--patience",
+            "3",
+        ])
+    };
+    let summary = ok_json(&train_args(&spatial, &run_dir));
+    let epochs = summary["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 3, "{summary}");
+    let loss = |i: usize| epochs[i]["train_loss"].as_f64().unwrap();
+    assert!(loss(2) < loss(0), "train loss {} -> {}", loss(0), loss(2));
+    let (ckpt, info) = best_checkpoint(&run_dir).unwrap();
+    let a = info.attention.as_ref().expect("attention sizes recorded");
+    assert_eq!((a.feature_dim, a.vocab_size), (1280, info.vocab.size()));
+    assert_eq!(
+        info.options.model,
+        caption_trainer::train::ModelKind::Attention
+    );
+    let refused = load_model(&ckpt, &info, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(refused.contains("attention checkpoint"), "{refused}");
+
+    let wrong = train_args(features(), &dir.path().join("wrong"));
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("pooled") && err.contains("--spatial"), "{err}");
+}
