@@ -74,6 +74,16 @@ pub struct Regions {
     projected: Tensor,
 }
 
+impl Regions {
+    /// The rows `index` (a 1-D int64 tensor; rows may repeat), e.g. one per beam.
+    pub fn select(&self, index: &Tensor) -> Regions {
+        Regions {
+            regions: self.regions.index_select(0, index),
+            projected: self.projected.index_select(0, index),
+        }
+    }
+}
+
 pub struct AttentionModel {
     pub config: AttentionConfig,
     init_h: nn::Linear,

@@ -1,4 +1,5 @@
-//! `caption-train caption`: image files through a run's best checkpoint and its encoder
+//! `caption-train caption`: image files through a run's best checkpoint (merge or
+//! attention) and its encoder
 //! in libtorch, each as the event `captiond` publishes (camera `file`, `image` naming the
 //! file), so that both halves print one schema.
 
@@ -12,8 +13,7 @@ use caption_proto::vocab::Vocabulary;
 use tch::{nn, Device, Tensor};
 
 use crate::encoders::TchEncoder;
-use crate::model::MergeModel;
-use crate::train::{self, TrainError};
+use crate::train::{self, TrainError, TrainModel};
 use crate::weights::WeightsError;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub fn search_config(
 /// A run's best checkpoint with its encoder, ready to caption files.
 pub struct CheckpointCaptioner {
     _vs: nn::VarStore,
-    model: MergeModel,
+    model: TrainModel,
     vocab: Vocabulary,
     encoder: TchEncoder,
     preprocessing: Preprocessing,
@@ -67,7 +67,7 @@ impl CheckpointCaptioner {
         length_penalty: f32,
     ) -> Result<CheckpointCaptioner, CaptionError> {
         let (checkpoint, info) = train::best_checkpoint(run)?;
-        let (vs, model) = train::load_model(&checkpoint, &info, device)?;
+        let (vs, model) = train::load_trained(&checkpoint, &info, device)?;
         let spec = info.encoder.spec();
         let preprocessing = spec.preprocessing.clone();
         let encoder = TchEncoder::from_file(spec, weights, device)?;
@@ -96,9 +96,14 @@ impl CheckpointCaptioner {
         let side = self.preprocessing.size as i64;
         let input = Tensor::from_slice(&pixels).reshape([1, 3, side, side]);
         let t1 = Instant::now();
-        let features = self.encoder.features(&input);
+        // The merge model reads the pooled vector, the attention model the regions.
+        let features = match self.model {
+            TrainModel::Merge(_) => self.encoder.features(&input),
+            TrainModel::Attention(_) => self.encoder.spatial(&input),
+        };
         let t2 = Instant::now();
-        let hyp = crate::evaluate::decode_all(&self.model, &features, &self.search, 1).remove(0);
+        let hyp =
+            crate::evaluate::decode_trained(&self.model, &features, &self.search, 1).remove(0);
         let words = caption_proto::text::strip_special(self.vocab.decode(&hyp.tokens)).join(" ");
         let origin = Origin {
             camera: FILE_CAMERA.into(),

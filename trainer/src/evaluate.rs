@@ -10,8 +10,9 @@ use caption_proto::text::{strip_special, TextRules};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+use crate::attention::{AttentionModel, Regions};
 use crate::model::MergeModel;
-use crate::train::{CheckpointInfo, FeatureTable, TrainError};
+use crate::train::{CheckpointInfo, FeatureTable, TrainError, TrainModel};
 
 /// The merge model as a [`StepDecoder`] over a fixed set of images' features.
 pub struct TchDecoder<'a> {
@@ -76,20 +77,70 @@ impl StepDecoder for TchDecoder<'_> {
     }
 }
 
-/// Decode captions for every row of `features` `[N, D]`, in chunks of `chunk` images.
-pub fn decode_all(
-    model: &MergeModel,
-    features: &Tensor,
+/// The attention model as a [`StepDecoder`] over a fixed set of images' regions: the
+/// regions' projection is computed once, and each step attends over its rows' regions.
+pub struct AttentionDecoder<'a> {
+    model: &'a AttentionModel,
+    regions: Regions,
+}
+
+impl<'a> AttentionDecoder<'a> {
+    /// `regions`: `[images, R, C]` (float16 or f32).
+    pub fn new(model: &'a AttentionModel, regions: &Tensor) -> AttentionDecoder<'a> {
+        let regions = tch::no_grad(|| model.regions(regions));
+        AttentionDecoder { model, regions }
+    }
+}
+
+impl StepDecoder for AttentionDecoder<'_> {
+    type State = (Tensor, Tensor);
+    type Error = std::convert::Infallible;
+
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+
+    fn start(&mut self, images: &[usize]) -> Result<Self::State, Self::Error> {
+        let device = self.regions.regions.device();
+        let r = self.regions.select(&index(images, device));
+        Ok(tch::no_grad(|| self.model.initial_state(&r)))
+    }
+
+    fn step(
+        &mut self,
+        state: &Self::State,
+        images: &[usize],
+        words: &[u32],
+    ) -> Result<(Vec<f32>, Self::State), Self::Error> {
+        let device = self.regions.regions.device();
+        let r = self.regions.select(&index(images, device));
+        let words: Vec<i64> = words.iter().map(|&w| w as i64).collect();
+        let words = Tensor::from_slice(&words).to_device(device);
+        let (logp, h, c, _alpha) = tch::no_grad(|| self.model.step(&r, &words, &state.0, &state.1));
+        let flat = Vec::<f32>::try_from(&logp.to_device(Device::Cpu).flatten(0, -1))
+            .expect("f32 log-probabilities");
+        Ok((flat, (h, c)))
+    }
+
+    fn select(&mut self, state: &Self::State, rows: &[usize]) -> Result<Self::State, Self::Error> {
+        let idx = index(rows, state.0.device());
+        Ok((state.0.index_select(0, &idx), state.1.index_select(0, &idx)))
+    }
+}
+
+/// Greedy or beam search over every image, `chunk` images at a time; `decoder` makes the
+/// step decoder of images `start..start + len`.
+fn decode_chunks<D: StepDecoder<Error = std::convert::Infallible>>(
+    n: usize,
     config: &SearchConfig,
     chunk: usize,
+    mut decoder: impl FnMut(usize, usize) -> D,
 ) -> Vec<Hypothesis> {
-    let n = features.size()[0] as usize;
     let mut out = Vec::with_capacity(n);
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
-        let part = features.narrow(0, start as i64, len as i64);
-        let mut decoder = TchDecoder::new(model, &part);
+        let mut decoder = decoder(start, len);
         let images: Vec<usize> = (0..len).collect();
         let result = if config.beam <= 1 {
             greedy(&mut decoder, &images, config)
@@ -103,6 +154,38 @@ pub fn decode_all(
         start += len;
     }
     out
+}
+
+/// Decode captions for a trained model of either kind: `features` are pooled vectors
+/// `[N, D]` (merge) or regions `[N, R, C]` (attention).
+pub fn decode_trained(
+    model: &TrainModel,
+    features: &Tensor,
+    config: &SearchConfig,
+    chunk: usize,
+) -> Vec<Hypothesis> {
+    match model {
+        TrainModel::Merge(m) => decode_all(m, features, config, chunk),
+        TrainModel::Attention(m) => {
+            let n = features.size()[0] as usize;
+            decode_chunks(n, config, chunk, |start, len| {
+                AttentionDecoder::new(m, &features.narrow(0, start as i64, len as i64))
+            })
+        }
+    }
+}
+
+/// Decode captions for every row of `features` `[N, D]`, in chunks of `chunk` images.
+pub fn decode_all(
+    model: &MergeModel,
+    features: &Tensor,
+    config: &SearchConfig,
+    chunk: usize,
+) -> Vec<Hypothesis> {
+    let n = features.size()[0] as usize;
+    decode_chunks(n, config, chunk, |start, len| {
+        TchDecoder::new(model, &features.narrow(0, start as i64, len as i64))
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -134,7 +217,7 @@ pub struct EvaluationReport {
 pub struct EvaluateInputs<'a> {
     pub data: &'a Flickr8k,
     pub table: &'a FeatureTable,
-    pub model: &'a MergeModel,
+    pub model: &'a TrainModel,
     pub info: &'a CheckpointInfo,
     pub checkpoint: &'a Path,
     pub split: Split,
@@ -161,7 +244,7 @@ pub fn evaluate(
         .features
         .index_select(0, &Tensor::from_slice(&rows));
     let started = Instant::now();
-    let hyps = decode_all(inputs.model, &features, &inputs.search, 100);
+    let hyps = decode_trained(inputs.model, &features, &inputs.search, 100);
     let decode_seconds = started.elapsed().as_secs_f64();
     let words: Vec<Vec<String>> = hyps
         .iter()

@@ -114,8 +114,8 @@ fn sha256_file(path: &Path) -> Result<String, ExtractError> {
     })
 }
 
-/// Metadata of an existing features file, if it is one.
-pub fn read_metadata(path: &Path) -> Option<HashMap<String, String>> {
+/// The JSON header of a safetensors file, if it is one.
+fn read_header(path: &Path) -> Option<serde_json::Value> {
     let mut file = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).ok()?;
@@ -125,8 +125,17 @@ pub fn read_metadata(path: &Path) -> Option<HashMap<String, String>> {
     }
     let mut header = vec![0u8; n];
     file.read_exact(&mut header).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    serde_json::from_value(value.get("__metadata__")?.clone()).ok()
+    serde_json::from_slice(&header).ok()
+}
+
+/// Metadata of an existing features file, if it is one.
+pub fn read_metadata(path: &Path) -> Option<HashMap<String, String>> {
+    serde_json::from_value(read_header(path)?.get("__metadata__")?.clone()).ok()
+}
+
+/// The shape of the `features` tensor of a features file, from its header.
+pub fn read_header_shape(path: &Path) -> Option<Vec<usize>> {
+    serde_json::from_value(read_header(path)?.get("features")?.get("shape")?.clone()).ok()
 }
 
 /// Run the extraction (or reuse a finished file with the same fingerprint).
@@ -391,19 +400,4 @@ fn write_features(
 
 fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// The shape of the `features` tensor of a features file, from its header.
-pub fn read_header_shape(path: &Path) -> Option<Vec<usize>> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).ok()?;
-    let n = u64::from_le_bytes(len) as usize;
-    if n > 100 << 20 {
-        return None;
-    }
-    let mut header = vec![0u8; n];
-    file.read_exact(&mut header).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    serde_json::from_value(value.get("features")?.get("shape")?.clone()).ok()
 }

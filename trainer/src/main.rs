@@ -429,7 +429,7 @@ fn main() -> Result<()> {
                 Flickr8k::load(&data).with_context(|| format!("reading {}", data.display()))?;
             let table = train::FeatureTable::load(&features)?;
             let (checkpoint, info) = train::best_checkpoint(&run)?;
-            let (_vs, model) = train::load_model(&checkpoint, &info, device)?;
+            let (_vs, model) = train::load_trained(&checkpoint, &info, device)?;
             let beam = search.beam as usize;
             let search = search_config(&info.vocab, info.max_length, beam, search.length_penalty)
                 .with_context(|| {

@@ -415,7 +415,26 @@ pub fn load_info(json: &Path) -> Result<CheckpointInfo, TrainError> {
     Ok(info)
 }
 
-/// Build the model of a checkpoint and load its weights.
+/// Build the model of a checkpoint of either kind and load its weights.
+pub fn load_trained(
+    weights: &Path,
+    info: &CheckpointInfo,
+    device: Device,
+) -> Result<(nn::VarStore, TrainModel), TrainError> {
+    let Some(config) = &info.attention else {
+        let (vs, model) = load_model(weights, info, device)?;
+        return Ok((vs, TrainModel::Merge(model)));
+    };
+    let mut vs = nn::VarStore::new(device);
+    let model = AttentionModel::new(&vs.root(), config.clone());
+    vs.load(weights).map_err(|e| TrainError::Checkpoint {
+        path: weights.to_owned(),
+        problem: e.to_string(),
+    })?;
+    Ok((vs, TrainModel::Attention(model)))
+}
+
+/// Build the merge model of a checkpoint and load its weights.
 pub fn load_model(
     weights: &Path,
     info: &CheckpointInfo,
@@ -424,8 +443,8 @@ pub fn load_model(
     if info.attention.is_some() {
         return Err(TrainError::Checkpoint {
             path: weights.to_owned(),
-            problem: "an attention checkpoint: evaluate, caption and export run merge \
-                      checkpoints only so far"
+            problem: "an attention checkpoint: export runs merge checkpoints only so far \
+                      (evaluate and caption run both)"
                 .into(),
         });
     }

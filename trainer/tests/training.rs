@@ -19,22 +19,29 @@ fn features() -> &'static Path {
     let (_, path) = FEATURES.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fixture-lite0.safetensors");
-        let weights = common::lite0_weights();
-        ok_json(&run(&[
-            "extract",
-            "--data",
-            fixture(),
-            "--encoder",
-            "efficientnet-lite0",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--out",
-            path.to_str().unwrap(),
-            "--quiet",
-        ]));
+        extract(&path, &[]);
         (dir, path)
     });
     path
+}
+
+/// `caption-train extract` of the fixture with the Lite0 weights into `out`.
+fn extract(out: &Path, extra: &[&str]) -> Value {
+    let weights = common::lite0_weights();
+    let mut args = vec![
+        "extract",
+        "--data",
+        fixture(),
+        "--encoder",
+        "efficientnet-lite0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    ok_json(&run(&args))
 }
 
 fn fixture() -> &'static str {
@@ -214,26 +221,15 @@ fn caption_prints_captions_and_reports_unreadable_images() {
 }
 
 /// `train --model attention` on the fixture's spatial features: the loss falls, the
-/// checkpoint records the attention sizes, and the commands that run merge checkpoints
-/// only refuse it with the reason; pooled features are refused for attention.
+/// checkpoint records the attention sizes, the shared search decodes it exactly like a
+/// plain greedy loop over the model's step, `evaluate` and `caption` run it, `export`
+/// (merge only so far) refuses it with the reason; pooled features are refused.
 #[test]
 fn the_attention_model_trains_on_spatial_features() {
     let dir = tempfile::tempdir().unwrap();
     let spatial = dir.path().join("spatial.safetensors");
+    extract(&spatial, &["--spatial"]);
     let weights = common::lite0_weights();
-    ok_json(&run(&[
-        "extract",
-        "--data",
-        fixture(),
-        "--encoder",
-        "efficientnet-lite0",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--out",
-        spatial.to_str().unwrap(),
-        "--spatial",
-        "--quiet",
-    ]));
     let run_dir = dir.path().join("attention");
     let train_args = |features: &Path, out: &Path| {
         run(&[
@@ -276,6 +272,70 @@ fn the_attention_model_trains_on_spatial_features() {
         .unwrap()
         .to_string();
     assert!(refused.contains("attention checkpoint"), "{refused}");
+
+    // The shared search (beam 1) against a hand-written greedy loop over `step`.
+    let (_vs, model) = caption_trainer::train::load_trained(&ckpt, &info, Device::Cpu).unwrap();
+    let caption_trainer::train::TrainModel::Attention(m) = &model else {
+        panic!("an attention checkpoint loads as attention");
+    };
+    let table = FeatureTable::load(&spatial).unwrap();
+    let regions = table.features.narrow(0, 0, 4);
+    let (start, end) = (
+        info.vocab.start_index().unwrap(),
+        info.vocab.end_index().unwrap(),
+    );
+    let cfg = SearchConfig {
+        beam: 1,
+        max_length: info.max_length,
+        length_penalty: 0.0,
+        start,
+        end,
+    };
+    let searched = caption_trainer::evaluate::decode_trained(&model, &regions, &cfg, 4);
+    for (i, hyp) in searched.iter().enumerate() {
+        let r = m.regions(&regions.narrow(0, i as i64, 1));
+        let (mut h, mut c) = m.initial_state(&r);
+        let (mut word, mut naive) = (start as i64, Vec::new());
+        for _ in 0..info.max_length {
+            let (logp, h2, c2, _) = m.step(&r, &Tensor::from_slice(&[word]), &h, &c);
+            word = logp.argmax(1, false).int64_value(&[0]);
+            naive.push(word as u32);
+            (h, c) = (h2, c2);
+            if word == end as i64 {
+                break;
+            }
+        }
+        assert_eq!(hyp.tokens, naive, "image {i}");
+    }
+
+    let report = ok_json(&run(&[
+        "evaluate",
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--features",
+        spatial.to_str().unwrap(),
+        "--data",
+        fixture(),
+        "--beam",
+        "2",
+        "--device",
+        "cpu",
+    ]));
+    assert!(report["images"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["coco_cider_d"].as_f64().unwrap() >= 0.0, "{report}");
+    let image = workspace().join("fixtures/flickr8k/Flicker8k_Dataset/1056338697_4f7d7ce270.jpg");
+    let event = ok_json(&run(&[
+        "caption",
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--json",
+        "--device",
+        "cpu",
+        image.to_str().unwrap(),
+    ]));
+    assert!(event["caption"].is_string(), "{event}");
 
     let wrong = train_args(features(), &dir.path().join("wrong"));
     assert!(!wrong.status.success());
