@@ -236,6 +236,33 @@ impl AttentionModel {
         }
     }
 
+    /// The weights as plain f32 arrays, for the ONNX writer ([`crate::onnx::attention_step`]).
+    pub fn params(&self) -> crate::onnx::AttentionParams {
+        let v = |t: &Tensor| -> Vec<f32> {
+            Vec::<f32>::try_from(
+                t.to_device(tch::Device::Cpu)
+                    .to_kind(Kind::Float)
+                    .flatten(0, -1),
+            )
+            .expect("f32 parameters")
+        };
+        let b = |l: &nn::Linear| v(l.bs.as_ref().expect("linear layers have a bias"));
+        crate::onnx::AttentionParams {
+            config: self.config.clone(),
+            init_h: (v(&self.init_h.ws), b(&self.init_h)),
+            init_c: (v(&self.init_c.ws), b(&self.init_c)),
+            enc_att: (v(&self.enc_att.ws), b(&self.enc_att)),
+            dec_att: (v(&self.dec_att.ws), b(&self.dec_att)),
+            full_att: (v(&self.full_att.ws), b(&self.full_att)),
+            f_beta: (v(&self.f_beta.ws), b(&self.f_beta)),
+            embed: v(&self.embed.ws),
+            w_ih: v(&self.w_ih),
+            w_hh: v(&self.w_hh),
+            bias: v(&(&self.b_ih + &self.b_hh)),
+            out: (v(&self.out.ws), b(&self.out)),
+        }
+    }
+
     /// Trainable parameters.
     pub fn parameter_count(&self) -> usize {
         let c = &self.config;

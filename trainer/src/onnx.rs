@@ -966,6 +966,194 @@ pub fn decoder(p: &DecoderParams, storage: WeightStorage) -> pb::ModelProto {
     )
 }
 
+/// The attention model's weights (row-major, PyTorch layouts: Linear weights `[out, in]`),
+/// from [`crate::attention::AttentionModel::params`].
+pub struct AttentionParams {
+    pub config: crate::attention::AttentionConfig,
+    /// (weight, bias) of each linear layer.
+    pub init_h: (Vec<f32>, Vec<f32>),
+    pub init_c: (Vec<f32>, Vec<f32>),
+    pub enc_att: (Vec<f32>, Vec<f32>),
+    pub dec_att: (Vec<f32>, Vec<f32>),
+    pub full_att: (Vec<f32>, Vec<f32>),
+    pub f_beta: (Vec<f32>, Vec<f32>),
+    pub embed: Vec<f32>,
+    pub w_ih: Vec<f32>,
+    pub w_hh: Vec<f32>,
+    /// `b_ih + b_hh`.
+    pub bias: Vec<f32>,
+    pub out: (Vec<f32>, Vec<f32>),
+}
+
+/// The attention decoder's inputs and outputs (by name; the edge binds them so).
+pub const ATTENTION_INIT_INPUTS: [&str; 1] = ["regions"];
+pub const ATTENTION_INIT_OUTPUTS: [&str; 2] = ["h", "c"];
+pub const ATTENTION_STEP_INPUTS: [&str; 4] = ["regions", "words", "h", "c"];
+pub const ATTENTION_STEP_OUTPUTS: [&str; 4] = ["log_probs", "h_out", "c_out", "attention"];
+
+fn linear_weights(
+    g: &mut GraphBuilder,
+    storage: WeightStorage,
+    hint: &str,
+    (w, b): &(Vec<f32>, Vec<f32>),
+    cin: usize,
+) -> (String, String) {
+    let cout = b.len();
+    let w = match storage {
+        WeightStorage::F32 => g.f32s(hint, &[cout, cin], w),
+        WeightStorage::F16 => g.f16s_as_f32(hint, &[cout, cin], w),
+    };
+    (w, g.f32s(&format!("{hint}_b"), &[cout], b))
+}
+
+/// `x @ w.T + b` for `x` `[N, in]`.
+fn gemm(g: &mut GraphBuilder, x: &str, (w, b): &(String, String)) -> String {
+    g.node("Gemm", &[x, w, b], vec![attr_int("transB", 1)])
+}
+
+/// The attention decoder's initial state: regions `[N, R, C]` → (h, c) `[N, H]`, each
+/// `tanh(Linear(mean region))`. The same arithmetic as
+/// [`crate::attention::AttentionModel::initial_state`].
+pub fn attention_init(
+    p: &AttentionParams,
+    regions: usize,
+    storage: WeightStorage,
+) -> pb::ModelProto {
+    let (c, h) = (p.config.feature_dim, p.config.hidden);
+    let mut g = GraphBuilder::default();
+    let [in_regions] = ATTENTION_INIT_INPUTS;
+    g.input(
+        in_regions,
+        DataType::Float,
+        &[Dim::Batch, Dim::Fixed(regions), Dim::Fixed(c)],
+    );
+    let mean = g.node(
+        "ReduceMean",
+        &[in_regions],
+        vec![attr_ints("axes", &[1]), attr_int("keepdims", 0)],
+    );
+    let init_h = linear_weights(&mut g, storage, "init_h", &p.init_h, c);
+    let init_c = linear_weights(&mut g, storage, "init_c", &p.init_c, c);
+    let h0 = gemm(&mut g, &mean, &init_h);
+    let h0 = g.node("Tanh", &[&h0], vec![]);
+    let c0 = gemm(&mut g, &mean, &init_c);
+    let c0 = g.node("Tanh", &[&c0], vec![]);
+    let bh = [Dim::Batch, Dim::Fixed(h)];
+    let [out_h, out_c] = ATTENTION_INIT_OUTPUTS;
+    g.output(out_h, &h0, DataType::Float, &bh);
+    g.output(out_c, &c0, DataType::Float, &bh);
+    g.finish(
+        "attention-init",
+        "soft-attention caption model: initial state",
+    )
+}
+
+/// One attention decoding step: (regions `[N, R, C]`, previous words `[N]` int64, h, c
+/// `[N, H]`) → (log-probabilities `[N, V]`, h, c, attention weights `[N, R]`). The same
+/// arithmetic as [`crate::attention::AttentionModel::step`].
+pub fn attention_step(
+    p: &AttentionParams,
+    regions: usize,
+    storage: WeightStorage,
+) -> pb::ModelProto {
+    let cfg = &p.config;
+    let (c, v, e, h, a) = (
+        cfg.feature_dim,
+        cfg.vocab_size,
+        cfg.embed_dim,
+        cfg.hidden,
+        cfg.attention_dim,
+    );
+    let mut g = GraphBuilder::default();
+    let [in_regions, in_words, in_h, in_c] = ATTENTION_STEP_INPUTS;
+    g.input(
+        in_regions,
+        DataType::Float,
+        &[Dim::Batch, Dim::Fixed(regions), Dim::Fixed(c)],
+    );
+    g.input(in_words, DataType::Int64, &[Dim::Batch]);
+    g.input(in_h, DataType::Float, &[Dim::Batch, Dim::Fixed(h)]);
+    g.input(in_c, DataType::Float, &[Dim::Batch, Dim::Fixed(h)]);
+    let weight = |g: &mut GraphBuilder, hint: &str, dims: &[usize], data: &[f32]| match storage {
+        WeightStorage::F32 => g.f32s(hint, dims, data),
+        WeightStorage::F16 => g.f16s_as_f32(hint, dims, data),
+    };
+    let axis1 = g.i64s("axis1", &[1], &[1]);
+    let axis2 = g.i64s("axis2", &[1], &[2]);
+    // Additive attention: e = full_att(tanh(enc_att(regions) + dec_att(h))).
+    // Stored transposed, `[C, A]`, for a plain MatMul over the regions.
+    let enc_t: Vec<f32> = (0..c * a)
+        .map(|k| p.enc_att.0[(k % a) * c + k / a])
+        .collect();
+    let enc_w = weight(&mut g, "enc_att", &[c, a], &enc_t);
+    let enc_b = g.f32s("enc_att_b", &[a], &p.enc_att.1);
+    let proj = g.node("MatMul", &[in_regions, &enc_w], vec![]);
+    let proj = g.node("Add", &[&proj, &enc_b], vec![]);
+    let dec_att = linear_weights(&mut g, storage, "dec_att", &p.dec_att, h);
+    let dh = gemm(&mut g, in_h, &dec_att);
+    let dh = g.node("Unsqueeze", &[&dh, &axis1], vec![]);
+    let t = g.node("Add", &[&proj, &dh], vec![]);
+    let t = g.node("Tanh", &[&t], vec![]);
+    let full_w = g.f32s("full_att", &[a, 1], &p.full_att.0);
+    let full_b = g.f32s("full_att_b", &[1], &p.full_att.1);
+    let scores = g.node("MatMul", &[&t, &full_w], vec![]);
+    let scores = g.node("Add", &[&scores, &full_b], vec![]);
+    let scores = g.node("Squeeze", &[&scores, &axis2], vec![]);
+    let alpha = g.node("Softmax", &[&scores], vec![attr_int("axis", 1)]);
+    // Context: Σ α_i regions_i, gated by β = sigmoid(f_beta(h)).
+    let a3 = g.node("Unsqueeze", &[&alpha, &axis1], vec![]);
+    let context = g.node("MatMul", &[&a3, in_regions], vec![]);
+    let context = g.node("Squeeze", &[&context, &axis1], vec![]);
+    let f_beta = linear_weights(&mut g, storage, "f_beta", &p.f_beta, h);
+    let gate = gemm(&mut g, in_h, &f_beta);
+    let gate = g.node("Sigmoid", &[&gate], vec![]);
+    let z = g.node("Mul", &[&gate, &context], vec![]);
+    // LSTM cell on [embedding; context] (gates i, f, g, o as PyTorch orders them).
+    let table = weight(&mut g, "embed", &[v, e], &p.embed);
+    let x = g.node("Gather", &[&table, in_words], vec![attr_int("axis", 0)]);
+    let x = g.node("Concat", &[&x, &z], vec![attr_int("axis", 1)]);
+    let w_ih = weight(&mut g, "w_ih", &[4 * h, e + c], &p.w_ih);
+    let bias = g.f32s("lstm_b", &[4 * h], &p.bias);
+    let w_hh = weight(&mut g, "w_hh", &[4 * h, h], &p.w_hh);
+    let gx = g.node("Gemm", &[&x, &w_ih, &bias], vec![attr_int("transB", 1)]);
+    let gh = g.node("Gemm", &[in_h, &w_hh], vec![attr_int("transB", 1)]);
+    let gates = g.node("Add", &[&gx, &gh], vec![]);
+    let split = g.i64s("split", &[4], &[h as i64; 4]);
+    let parts = g.node_n("Split", &[&gates, &split], vec![attr_int("axis", 1)], 4);
+    let i = g.node("Sigmoid", &[&parts[0]], vec![]);
+    let f = g.node("Sigmoid", &[&parts[1]], vec![]);
+    let gg = g.node("Tanh", &[&parts[2]], vec![]);
+    let o = g.node("Sigmoid", &[&parts[3]], vec![]);
+    let fc = g.node("Mul", &[&f, in_c], vec![]);
+    let ig = g.node("Mul", &[&i, &gg], vec![]);
+    let c_new = g.node("Add", &[&fc, &ig], vec![]);
+    let tc = g.node("Tanh", &[&c_new], vec![]);
+    let h_new = g.node("Mul", &[&o, &tc], vec![]);
+    let out = linear_weights(&mut g, storage, "out", &p.out, h);
+    let logits = gemm(&mut g, &h_new, &out);
+    let logp = g.node("LogSoftmax", &[&logits], vec![attr_int("axis", 1)]);
+    let bh = [Dim::Batch, Dim::Fixed(h)];
+    let [out_log_probs, out_h, out_c, out_alpha] = ATTENTION_STEP_OUTPUTS;
+    g.output(
+        out_log_probs,
+        &logp,
+        DataType::Float,
+        &[Dim::Batch, Dim::Fixed(v)],
+    );
+    g.output(out_h, &h_new, DataType::Float, &bh);
+    g.output(out_c, &c_new, DataType::Float, &bh);
+    g.output(
+        out_alpha,
+        &alpha,
+        DataType::Float,
+        &[Dim::Batch, Dim::Fixed(regions)],
+    );
+    g.finish(
+        "attention-decoder-step",
+        "soft-attention caption model, one decoding step",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
