@@ -33,6 +33,14 @@ pub const ENCODER_OUTPUT: &str = "features";
 /// state `h` and `c` `[N, H]`; and outputs: log-probabilities `[N, V]`, new `h`, new `c`.
 pub const DECODER_INPUTS: [&str; 4] = ["features", "words", "h", "c"];
 pub const DECODER_OUTPUTS: [&str; 3] = ["log_probs", "h_out", "c_out"];
+/// An attention bundle's encoder outputs regions `[N, R, C]` under [`ENCODER_OUTPUT`]; its
+/// initial-state graph maps them to the LSTM state, and its step graph also returns the
+/// attention weights `[N, R]`.
+pub const INIT_FILE: &str = "init.onnx";
+pub const ATTENTION_INIT_INPUTS: [&str; 1] = ["regions"];
+pub const ATTENTION_INIT_OUTPUTS: [&str; 2] = ["h", "c"];
+pub const ATTENTION_STEP_INPUTS: [&str; 4] = ["regions", "words", "h", "c"];
+pub const ATTENTION_STEP_OUTPUTS: [&str; 4] = ["log_probs", "h_out", "c_out", "attention"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -65,14 +73,35 @@ pub struct EncoderSection {
     pub name: String,
     /// File name of the encoder graph inside the bundle.
     pub file: String,
+    /// Channels of the feature vector, or of each region (attention bundles).
     pub feature_dim: usize,
+    /// Regions of the encoder's output map (attention bundles: `[N, regions, feature_dim]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<usize>,
     pub preprocessing: Preprocessing,
+}
+
+/// Which caption model a bundle's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderKind {
+    /// The tutorial's merge model: one step from (features, word, h, c), zero initial state.
+    #[default]
+    Merge,
+    /// Soft attention over the encoder's regions, with an initial-state graph.
+    Attention,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecoderSection {
+    /// `merge` (the default when absent) or `attention`.
+    #[serde(default)]
+    pub kind: DecoderKind,
     pub file: String,
+    /// Attention bundles: the initial-state graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_file: Option<String>,
     pub vocab_size: usize,
     pub embed_dim: usize,
     pub hidden: usize,
@@ -340,6 +369,15 @@ impl Bundle {
     pub fn decoder_path(&self) -> PathBuf {
         self.dir.join(&self.manifest.decoder.file)
     }
+
+    /// The initial-state graph of an attention bundle.
+    pub fn init_path(&self) -> Option<PathBuf> {
+        self.manifest
+            .decoder
+            .init_file
+            .as_ref()
+            .map(|f| self.dir.join(f))
+    }
 }
 
 /// sha256 of a file as lowercase hex.
@@ -431,11 +469,29 @@ impl Manifest {
                 return Err(field_err(field, "must be positive".into()));
             }
         }
+        if manifest.decoder.kind == DecoderKind::Attention {
+            if manifest.decoder.init_file.is_none() {
+                return Err(field_err(
+                    "decoder.init_file",
+                    "is required for an attention decoder (its initial-state graph)".into(),
+                ));
+            }
+            if manifest.encoder.regions.unwrap_or(0) == 0 {
+                return Err(field_err(
+                    "encoder.regions",
+                    "must be a positive number for an attention decoder".into(),
+                ));
+            }
+        }
+        let init = manifest.decoder.init_file.as_ref();
         for (field, file) in [
             ("encoder.file", &manifest.encoder.file),
             ("decoder.file", &manifest.decoder.file),
             ("vocabulary.file", &manifest.vocabulary.file),
-        ] {
+        ]
+        .into_iter()
+        .chain(init.map(|f| ("decoder.init_file", f)))
+        {
             if !manifest.files.contains_key(file) {
                 return Err(field_err(
                     field,
@@ -549,10 +605,13 @@ mod tests {
                 name: "efficientnet-lite0".into(),
                 file: "encoder.onnx".into(),
                 feature_dim: 1280,
+                regions: None,
                 preprocessing: Preprocessing::efficientnet_lite(224),
             },
             decoder: DecoderSection {
+                kind: DecoderKind::Merge,
                 file: "decoder.onnx".into(),
+                init_file: None,
                 vocab_size: vocab.size(),
                 embed_dim: 256,
                 hidden: 256,
@@ -697,6 +756,48 @@ mod tests {
         let msg = Manifest::parse(&bad, origin).unwrap_err().to_string();
         assert!(
             msg.contains("`provenance.epoch`") && msg.contains("six"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn decoder_kinds_are_checked_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        bundle(dir.path());
+        edit(dir.path(), |t| {
+            t["decoder"]
+                .as_table_mut()
+                .unwrap()
+                .insert("kind".into(), "transformer".into());
+        });
+        let msg = error_of(dir.path());
+        assert!(msg.contains("kind") && msg.contains("transformer"), "{msg}");
+        edit(dir.path(), |t| {
+            t["decoder"]
+                .as_table_mut()
+                .unwrap()
+                .insert("kind".into(), "attention".into());
+        });
+        let msg = error_of(dir.path());
+        assert!(msg.contains("`decoder.init_file`"), "{msg}");
+        edit(dir.path(), |t| {
+            t["decoder"]
+                .as_table_mut()
+                .unwrap()
+                .insert("init_file".into(), "init.onnx".into());
+        });
+        let msg = error_of(dir.path());
+        assert!(msg.contains("`encoder.regions`"), "{msg}");
+        edit(dir.path(), |t| {
+            t["encoder"]
+                .as_table_mut()
+                .unwrap()
+                .insert("regions".into(), 49.into());
+        });
+        // init.onnx has no checksum under `files`.
+        let msg = error_of(dir.path());
+        assert!(
+            msg.contains("`decoder.init_file`") && msg.contains("checksum"),
             "{msg}"
         );
     }

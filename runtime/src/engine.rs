@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use caption_proto::manifest::{
-    Bundle, Manifest, ManifestError, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUT, ENCODER_OUTPUT,
+    Bundle, DecoderKind, Manifest, ManifestError, ATTENTION_INIT_INPUTS, ATTENTION_INIT_OUTPUTS,
+    ATTENTION_STEP_INPUTS, ATTENTION_STEP_OUTPUTS, DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUT,
+    ENCODER_OUTPUT,
 };
 use caption_proto::preprocess::{PreprocessError, Preprocessing};
 use caption_proto::search::{beam_search, greedy, Hypothesis, SearchConfig, StepDecoder};
@@ -85,6 +87,8 @@ pub struct Engine {
     pub bundle: Bundle,
     encoder: Plan,
     decoder: Plan,
+    /// Attention bundles: the initial-state graph (merge bundles start from zeros).
+    init: Option<Plan>,
     start: u32,
     end: u32,
     precision: PrecisionChoice,
@@ -247,20 +251,32 @@ impl Engine {
                 (size, "encoder.preprocessing.size"),
             ],
         )?;
+        // A merge bundle's encoder gives a vector per image, an attention bundle's the
+        // regions of its last feature map.
+        let attention = m.decoder.kind == DecoderKind::Attention;
+        let regions = m.encoder.regions.unwrap_or(0);
+        let feature_shape: Vec<(usize, &str)> = if attention {
+            vec![
+                (regions, "encoder.regions"),
+                (m.encoder.feature_dim, "encoder.feature_dim"),
+            ]
+        } else {
+            vec![(m.encoder.feature_dim, "encoder.feature_dim")]
+        };
         check_shape(
             &enc_path,
             "the feature output",
             &fact(&encoder, encoder.outputs[0])?,
-            &[(m.encoder.feature_dim, "encoder.feature_dim")],
+            &feature_shape,
         )?;
 
         let dec_path = bundle.decoder_path();
-        let decoder = load_typed(
-            &dec_path,
-            &read_proto(&dec_path)?,
-            &DECODER_INPUTS,
-            &DECODER_OUTPUTS,
-        )?;
+        let (inputs, outputs): (&[&str], &[&str]) = if attention {
+            (&ATTENTION_STEP_INPUTS, &ATTENTION_STEP_OUTPUTS)
+        } else {
+            (&DECODER_INPUTS, &DECODER_OUTPUTS)
+        };
+        let decoder = load_typed(&dec_path, &read_proto(&dec_path)?, inputs, outputs)?;
         let dfact = |outlet: OutletId| {
             decoder
                 .outlet_fact(outlet)
@@ -270,9 +286,9 @@ impl Engine {
         let hidden = m.decoder.hidden;
         check_shape(
             &dec_path,
-            "input `features`",
+            &format!("input `{}`", inputs[0]),
             &dfact(decoder.inputs[0])?,
-            &[(m.encoder.feature_dim, "encoder.feature_dim")],
+            &feature_shape,
         )?;
         check_shape(&dec_path, "input `words`", &dfact(decoder.inputs[1])?, &[])?;
         for (i, name) in [(2, "h"), (3, "c")] {
@@ -296,6 +312,30 @@ impl Engine {
             &[(m.decoder.vocab_size, "decoder.vocab_size")],
         )?;
 
+        let init = match bundle.init_path() {
+            Some(init_path) if attention => {
+                let init = load_typed(
+                    &init_path,
+                    &read_proto(&init_path)?,
+                    &ATTENTION_INIT_INPUTS,
+                    &ATTENTION_INIT_OUTPUTS,
+                )?;
+                for (i, name) in [(0, "h"), (1, "c")] {
+                    let f = init
+                        .outlet_fact(init.outputs[i])
+                        .cloned()
+                        .map_err(|e| load_error(&init_path, e))?;
+                    check_shape(
+                        &init_path,
+                        &format!("output `{name}`"),
+                        &f,
+                        &[(hidden, "decoder.hidden")],
+                    )?;
+                }
+                Some(optimize(init, &init_path)?)
+            }
+            _ => None,
+        };
         let start = bundle
             .vocabulary
             .start_index()
@@ -320,6 +360,7 @@ impl Engine {
         Ok(Engine {
             encoder: optimize(encoder, &enc_path)?,
             decoder: optimize(decoder, &dec_path)?,
+            init,
             bundle,
             start,
             end,
@@ -361,6 +402,21 @@ impl Engine {
         self.bundle.manifest.encoder.feature_dim
     }
 
+    /// Values per image that [`Engine::encode`] returns: the feature vector's length, or
+    /// regions × channels for an attention bundle.
+    pub fn feature_len(&self) -> usize {
+        let e = &self.bundle.manifest.encoder;
+        match self.init {
+            Some(_) => e.regions.unwrap_or(1) * e.feature_dim,
+            None => e.feature_dim,
+        }
+    }
+
+    /// The bundle's decoder kind.
+    pub fn decoder_kind(&self) -> DecoderKind {
+        self.bundle.manifest.decoder.kind
+    }
+
     /// The search settings of this bundle for a beam width.
     pub fn search_config(&self, beam: usize) -> SearchConfig {
         SearchConfig {
@@ -372,8 +428,9 @@ impl Engine {
         }
     }
 
-    /// The feature vector of one preprocessed image `[3, S, S]` (the encoder plan is built
-    /// for a batch of 1, see [`Engine::load`]).
+    /// The feature vector (or the flattened regions `[R, C]` of an attention bundle) of one
+    /// preprocessed image `[3, S, S]` (the encoder plan is built for a batch of 1, see
+    /// [`Engine::load`]).
     pub fn encode(&self, pixels: &[f32]) -> Result<Vec<f32>, EngineError> {
         let s = self.preprocessing().size as usize;
         let input = tract_ndarray::Array4::from_shape_vec((1, 3, s, s), pixels.to_vec())
@@ -385,7 +442,7 @@ impl Engine {
         Ok(view.iter().copied().collect())
     }
 
-    /// A step decoder over the features `[n * feature_dim]` of `n` images.
+    /// A step decoder over the features `[n * feature_len]` of `n` images.
     pub fn step_decoder<'a>(&'a self, features: &'a [f32]) -> TractDecoder<'a> {
         TractDecoder {
             engine: self,
@@ -395,7 +452,7 @@ impl Engine {
 
     /// Decode captions for `n` images' features with greedy (`beam <= 1`) or beam search.
     pub fn decode(&self, features: &[f32], beam: usize) -> Result<Vec<Caption>, EngineError> {
-        let n = features.len() / self.feature_dim();
+        let n = features.len() / self.feature_len();
         let config = self.search_config(beam);
         let mut decoder = self.step_decoder(features);
         let images: Vec<usize> = (0..n).collect();
@@ -488,6 +545,23 @@ impl TractDecoder<'_> {
         self.engine.bundle.manifest.decoder.hidden
     }
 
+    /// The features of rows `images`: `[rows, D]`, or `[rows, R, C]` for attention.
+    fn features_of(&self, images: &[usize]) -> Result<Tensor, EngineError> {
+        let len = self.engine.feature_len();
+        let mut feats = Vec::with_capacity(images.len() * len);
+        for &i in images {
+            feats.extend_from_slice(&self.features[i * len..(i + 1) * len]);
+        }
+        let e = &self.engine.bundle.manifest.encoder;
+        let shape = match self.engine.init {
+            Some(_) => vec![images.len(), e.regions.unwrap_or(1), e.feature_dim],
+            None => vec![images.len(), e.feature_dim],
+        };
+        tract_ndarray::ArrayD::from_shape_vec(shape, feats)
+            .map(Tensor::from)
+            .map_err(|e| run_error("decoder", e))
+    }
+
     /// One raw step: log-probabilities `[rows, V]` and the new state.
     pub fn run_step(
         &self,
@@ -496,13 +570,8 @@ impl TractDecoder<'_> {
         h: &[f32],
         c: &[f32],
     ) -> Result<(Vec<f32>, LstmState), EngineError> {
-        let d = self.engine.feature_dim();
         let hidden = self.hidden();
         let rows = images.len();
-        let mut feats = Vec::with_capacity(rows * d);
-        for &i in images {
-            feats.extend_from_slice(&self.features[i * d..(i + 1) * d]);
-        }
         let arr2 = |data: Vec<f32>, cols: usize| {
             tract_ndarray::Array2::from_shape_vec((rows, cols), data)
                 .map(Tensor::from)
@@ -514,7 +583,7 @@ impl TractDecoder<'_> {
             &self.engine.decoder,
             "decoder",
             tvec!(
-                arr2(feats, d)?.into(),
+                self.features_of(images)?.into(),
                 Tensor::from(words).into(),
                 arr2(h.to_vec(), hidden)?.into(),
                 arr2(c.to_vec(), hidden)?.into(),
@@ -541,8 +610,24 @@ impl StepDecoder for TractDecoder<'_> {
     }
 
     fn start(&mut self, images: &[usize]) -> Result<Self::State, Self::Error> {
-        let zeros = vec![0.0; images.len() * self.hidden()];
-        Ok((zeros.clone(), zeros))
+        let Some(init) = &self.engine.init else {
+            let zeros = vec![0.0; images.len() * self.hidden()];
+            return Ok((zeros.clone(), zeros));
+        };
+        let out = self.engine.run(
+            init,
+            "initial state",
+            tvec!(self.features_of(images)?.into()),
+        )?;
+        let flat = |i: usize| -> Result<Vec<f32>, EngineError> {
+            Ok(out[i]
+                .to_plain_array_view::<f32>()
+                .map_err(|e| run_error("initial state", e))?
+                .iter()
+                .copied()
+                .collect())
+        };
+        Ok((flat(0)?, flat(1)?))
     }
 
     fn step(

@@ -83,7 +83,7 @@ pub fn evaluate(
     let paths: Vec<&PathBuf> = ids.iter().map(|id| &files[id.as_str()]).collect();
     let started = Instant::now();
     let (mut pre_s, mut enc_s) = (0.0, 0.0);
-    let d = engine.feature_dim();
+    let d = engine.feature_len();
     let mut features = Vec::with_capacity(ids.len() * d);
     for (i, path) in paths.iter().enumerate() {
         let t0 = Instant::now();

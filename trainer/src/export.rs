@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use caption_proto::dataset::{self, Flickr8k, Split};
 use caption_proto::manifest::{
-    self, DecoderSection, EncoderSection, Manifest, Provenance, Quantization, Scheme, Storage,
-    VocabularySection, BUNDLE_FORMAT_VERSION, MANIFEST_FILE,
+    self, DecoderKind, DecoderSection, EncoderSection, Manifest, Provenance, Quantization, Scheme,
+    Storage, VocabularySection, BUNDLE_FORMAT_VERSION, MANIFEST_FILE,
 };
 use caption_proto::search::{SearchConfig, StepDecoder};
 use caption_proto::text::strip_special;
@@ -23,13 +23,12 @@ use tch::{Device, Kind, Tensor};
 use tract_onnx::prelude::{Framework, InferenceModelExt, IntoRunnable};
 
 use crate::encoders::{EncoderKind, TchEncoder};
-use crate::evaluate::{decode_all, TchDecoder};
-use crate::model::MergeModel;
+use crate::evaluate::{decode_trained, AttentionDecoder, TchDecoder};
 use crate::onnx::{self, FcScheme, OnnxError, WeightStorage};
-use crate::train::{self, CheckpointInfo, TrainError};
+use crate::train::{self, CheckpointInfo, TrainError, TrainModel};
 
 /// File names inside a bundle (the bundle contract).
-pub use caption_proto::manifest::{DECODER_FILE, ENCODER_FILE, VOCAB_FILE};
+pub use caption_proto::manifest::{DECODER_FILE, ENCODER_FILE, INIT_FILE, VOCAB_FILE};
 
 /// The f32 parity an export must reach, or it fails.
 pub const MIN_F32_COSINE: f64 = 0.9999;
@@ -205,7 +204,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// What the tch model says about the verification images.
 struct Reference {
     pixels: Vec<Vec<f32>>,
+    /// Per image: the feature vector, or the regions `[R, C]` flattened.
     features: Vec<f32>,
+    /// The features' tensor shape (`[N, D]` or `[N, R, C]`).
+    shape: Vec<i64>,
     /// Greedy token paths.
     tokens: Vec<Vec<u32>>,
     captions: Vec<String>,
@@ -213,7 +215,7 @@ struct Reference {
 
 fn reference(
     encoder: &TchEncoder,
-    model: &MergeModel,
+    model: &TrainModel,
     vocab: &Vocabulary,
     search: &SearchConfig,
     paths: &[PathBuf],
@@ -225,14 +227,21 @@ fn reference(
         pixels.push(pre.from_file(p)?);
     }
     let mut features = Vec::new();
+    let mut shape = Vec::new();
     for chunk in pixels.chunks(8) {
         let flat: Vec<f32> = chunk.concat();
         let batch = Tensor::from_slice(&flat).reshape([chunk.len() as i64, 3, side, side]);
-        features.extend(to_vec(&encoder.features(&batch)));
+        // The merge model reads vectors, the attention model regions `[N, R, C]`.
+        let out = match model {
+            TrainModel::Merge(_) => encoder.features(&batch),
+            TrainModel::Attention(_) => encoder.spatial(&batch),
+        };
+        shape = out.size();
+        features.extend(to_vec(&out));
     }
-    let d = encoder.spec.feature_dim as i64;
-    let ft = Tensor::from_slice(&features).reshape([paths.len() as i64, d]);
-    let hyps = decode_all(model, &ft, search, 100);
+    shape[0] = paths.len() as i64;
+    let ft = Tensor::from_slice(&features).reshape(shape.as_slice());
+    let hyps = decode_trained(model, &ft, search, 100);
     let captions = hyps
         .iter()
         .map(|h| strip_special(vocab.decode(&h.tokens)).join(" "))
@@ -240,6 +249,7 @@ fn reference(
     Ok(Reference {
         pixels,
         features,
+        shape: ft.size(),
         tokens: hyps.into_iter().map(|h| h.tokens).collect(),
         captions,
     })
@@ -261,12 +271,12 @@ fn bundle_outputs(engine: &Engine, r: &Reference) -> Result<(Vec<f32>, Vec<Strin
 
 fn verify(
     engine: &Engine,
-    model: &MergeModel,
+    model: &TrainModel,
     r: &Reference,
     search: &SearchConfig,
 ) -> Result<(Verification, Vec<String>), ExportError> {
     let n = r.pixels.len();
-    let d = engine.feature_dim();
+    let d = engine.feature_len();
     let (features, captions) = bundle_outputs(engine, r)?;
     let cosines: Vec<f64> = (0..n)
         .map(|i| {
@@ -277,8 +287,39 @@ fn verify(
         })
         .collect();
     // Decoder alone: both step the tch greedy paths from the tch features.
-    let ft = Tensor::from_slice(&r.features).reshape([n as i64, d as i64]);
-    let mut tch_dec = TchDecoder::new(model, &ft);
+    let ft = Tensor::from_slice(&r.features).reshape(r.shape.as_slice());
+    let max_diff = match model {
+        TrainModel::Merge(m) => step_diff(&mut TchDecoder::new(m, &ft), engine, r, search)?,
+        TrainModel::Attention(m) => {
+            step_diff(&mut AttentionDecoder::new(m, &ft), engine, r, search)?
+        }
+    };
+    let agree = captions
+        .iter()
+        .zip(&r.captions)
+        .filter(|(a, b)| a == b)
+        .count();
+    Ok((
+        Verification {
+            images: n,
+            feature_cosine_min: cosines.iter().copied().fold(f64::INFINITY, f64::min),
+            feature_cosine_mean: cosines.iter().sum::<f64>() / n.max(1) as f64,
+            logprob_max_abs_diff: max_diff,
+            caption_agreement: agree as f64 / n.max(1) as f64,
+        },
+        captions,
+    ))
+}
+
+/// Max |Δ log p| between the tch decoder and the bundle's, both stepping the tch model's
+/// greedy paths from the tch features.
+fn step_diff<D: StepDecoder<Error = std::convert::Infallible>>(
+    tch_dec: &mut D,
+    engine: &Engine,
+    r: &Reference,
+    search: &SearchConfig,
+) -> Result<f64, ExportError> {
+    let n = r.pixels.len();
     let mut tract_dec = engine.step_decoder(&r.features);
     let rows: Vec<usize> = (0..n).collect();
     let steps = r.tokens.iter().map(Vec::len).max().unwrap_or(0);
@@ -308,21 +349,7 @@ fn verify(
         s_tch = next_tch;
         s_tract = next_tract;
     }
-    let agree = captions
-        .iter()
-        .zip(&r.captions)
-        .filter(|(a, b)| a == b)
-        .count();
-    Ok((
-        Verification {
-            images: n,
-            feature_cosine_min: cosines.iter().copied().fold(f64::INFINITY, f64::min),
-            feature_cosine_mean: cosines.iter().sum::<f64>() / n.max(1) as f64,
-            logprob_max_abs_diff: max_diff,
-            caption_agreement: agree as f64 / n.max(1) as f64,
-        },
-        captions,
-    ))
+    Ok(max_diff)
 }
 
 /// Observed `(min, max)` of each calibration point of the f32 encoder graph, running it in
@@ -372,6 +399,8 @@ pub fn calibrate(
 struct BundleFiles<'a> {
     encoder: &'a [u8],
     decoder: &'a [u8],
+    /// Attention bundles: the initial-state graph.
+    init: Option<&'a [u8]>,
     vocab: &'a str,
 }
 
@@ -388,7 +417,10 @@ fn write_bundle(
         (ENCODER_FILE, files.encoder),
         (DECODER_FILE, files.decoder),
         (VOCAB_FILE, files.vocab.as_bytes()),
-    ] {
+    ]
+    .into_iter()
+    .chain(files.init.map(|b| (INIT_FILE, b)))
+    {
         let path = dir.join(name);
         std::fs::write(&path, bytes).map_err(io(&path))?;
         let sum = manifest::sha256_file(&path).map_err(io(&path))?;
@@ -418,8 +450,17 @@ fn record(metrics: &mut BTreeMap<String, f64>, prefix: &str, v: &Verification) {
 
 fn file_sizes(dir: &Path) -> Result<BTreeMap<String, u64>, ExportError> {
     let mut sizes = BTreeMap::new();
-    for name in [ENCODER_FILE, DECODER_FILE, VOCAB_FILE, MANIFEST_FILE] {
+    for name in [
+        ENCODER_FILE,
+        DECODER_FILE,
+        VOCAB_FILE,
+        MANIFEST_FILE,
+        INIT_FILE,
+    ] {
         let path = dir.join(name);
+        if name == INIT_FILE && !path.exists() {
+            continue;
+        }
         let len = std::fs::metadata(&path).map_err(io(&path))?.len();
         sizes.insert(name.to_owned(), len);
     }
@@ -441,12 +482,20 @@ fn partial(path: &Path, suffix: &str) -> PathBuf {
 
 /// The encoder's layers with BatchNorm folded, as the ONNX writer takes them.
 fn folded_layers(encoder: &TchEncoder) -> Result<Vec<onnx::Layer>, ExportError> {
+    folded(encoder, &encoder.spec.features)
+}
+
+/// `ops` (the whole encoder, or its [`crate::encoders::EncoderSpec::spatial_ops`]) folded.
+fn folded(
+    encoder: &TchEncoder,
+    ops: &[crate::encoders::Op],
+) -> Result<Vec<onnx::Layer>, ExportError> {
     let params: HashMap<String, Vec<f32>> = encoder
         .named_parameters()
         .iter()
         .map(|(k, t)| (k.clone(), to_vec(t)))
         .collect();
-    Ok(onnx::fold(&encoder.spec.features, &params)?)
+    Ok(onnx::fold(ops, &params)?)
 }
 
 /// A copy of the bundle `bundle` whose encoder is the float graph of the encoder weights
@@ -476,18 +525,26 @@ pub fn float_bundle(
             })?;
     let spec = kind.spec();
     let encoder = TchEncoder::from_file(spec.clone(), weights, Device::Cpu)?;
-    let layers = folded_layers(&encoder)?;
-    let graph = onnx::encode(&onnx::encoder_float(&spec, &layers, storage).model);
+    let graph = match (m.decoder.kind, m.encoder.regions) {
+        (DecoderKind::Attention, Some(regions)) => {
+            let layers = folded(&encoder, spec.spatial_ops())?;
+            onnx::encoder_spatial(&spec, &layers, storage, regions)
+        }
+        _ => onnx::encoder_float(&spec, &folded_layers(&encoder)?, storage),
+    };
+    let graph = onnx::encode(&graph.model);
     let read = |name: &str| {
         let path = bundle.join(name);
         std::fs::read(&path).map_err(io(&path))
     };
     let decoder = read(&m.decoder.file)?;
+    let init = m.decoder.init_file.as_deref().map(read).transpose()?;
     let vocab = String::from_utf8_lossy(&read(&m.vocabulary.file)?).into_owned();
     let mut manifest = m.clone();
     manifest.model_id = model_id.to_owned();
     manifest.encoder.file = ENCODER_FILE.into();
     manifest.decoder.file = DECODER_FILE.into();
+    manifest.decoder.init_file = init.as_ref().map(|_| INIT_FILE.into());
     manifest.vocabulary.file = VOCAB_FILE.into();
     manifest.files.clear();
     manifest.metrics.clear();
@@ -500,6 +557,7 @@ pub fn float_bundle(
         &BundleFiles {
             encoder: &graph,
             decoder: &decoder,
+            init: init.as_deref(),
             vocab: &vocab,
         },
         &mut manifest,
@@ -526,15 +584,30 @@ pub fn export(
             expected: format!("--features-encoder is {}", spec.kind.name()),
         });
     }
-    if info.model.feature_dim != spec.feature_dim {
+    let attention = info.attention.is_some();
+    let channels = if attention {
+        spec.spatial_channels()
+    } else {
+        spec.feature_dim
+    };
+    if info.model.feature_dim != channels {
         return Err(ExportError::Mismatch {
             path: json,
             field: "model.feature_dim",
             found: info.model.feature_dim.to_string(),
-            expected: format!("{} gives {}-d features", spec.kind.name(), spec.feature_dim),
+            expected: format!("{} gives {channels}-d features", spec.kind.name()),
         });
     }
-    let (_vs, model) = train::load_model(&weights_path, &info, Device::Cpu)?;
+    if attention && opts.quantize == Quantize::Int8 {
+        return Err(ExportError::Mismatch {
+            path: json,
+            field: "options.model",
+            found: "attention".into(),
+            expected: "--quantize int8 exports merge checkpoints only so far (use --quantize none)"
+                .into(),
+        });
+    }
+    let (_vs, model) = train::load_trained(&weights_path, &info, Device::Cpu)?;
     let vocab = info.vocab.clone();
     let (Some(start), Some(end)) = (vocab.start_index(), vocab.end_index()) else {
         return Err(ExportError::Mismatch {
@@ -555,7 +628,11 @@ pub fn export(
         Some(path) => TchEncoder::from_file(spec.clone(), path, Device::Cpu)?,
         None => TchEncoder::random(spec.clone(), opts.seed, Device::Cpu),
     };
-    let layers = folded_layers(&encoder)?;
+    let layers = if attention {
+        folded(&encoder, spec.spatial_ops())?
+    } else {
+        folded_layers(&encoder)?
+    };
 
     let data = Flickr8k::load(&opts.data)?;
     let verify_pool = split_images(&data, opts.verify_split);
@@ -588,7 +665,8 @@ pub fn export(
             EncoderKind::Vgg16 => "vgg16",
             EncoderKind::EfficientNetLite0 => "lite0",
         };
-        format!("flickr8k-{short}-{q}")
+        let kind = if attention { "-attention" } else { "" };
+        format!("flickr8k-{short}{kind}-{q}")
     });
     let provenance = Provenance {
         exporter: format!("caption-train {}", env!("CARGO_PKG_VERSION")),
@@ -608,17 +686,26 @@ pub fn export(
         // Plain numbers, strings and booleans: they always make a table.
         training_options: toml::Table::try_from(&info.options).ok(),
     };
+    // An attention bundle's encoder gives the regions of the map the model attends over.
+    let regions = attention.then(|| r.shape[1] as usize);
     let base_manifest = |id: &str, storage: WeightStorage| Manifest {
         format_version: BUNDLE_FORMAT_VERSION,
         model_id: id.to_owned(),
         encoder: EncoderSection {
             name: spec.kind.name().to_owned(),
             file: ENCODER_FILE.to_owned(),
-            feature_dim: spec.feature_dim,
+            feature_dim: channels,
+            regions,
             preprocessing: spec.preprocessing.clone(),
         },
         decoder: DecoderSection {
+            kind: if attention {
+                DecoderKind::Attention
+            } else {
+                DecoderKind::Merge
+            },
             file: DECODER_FILE.to_owned(),
+            init_file: attention.then(|| INIT_FILE.to_owned()),
             vocab_size: info.model.vocab_size,
             embed_dim: info.model.embed_dim,
             hidden: info.model.hidden,
@@ -634,17 +721,34 @@ pub fn export(
         metrics: BTreeMap::new(),
     };
     let vocab_json = vocab.to_json();
-    let dparams = model.decoder_params();
 
     // The f32 bundle, always built and verified first.
     log("building the f32 graphs");
-    let f32_graph = onnx::encoder_f32(&spec, &layers);
-    let f32_encoder = onnx::encode(&f32_graph.model);
     let f32_storage = match opts.quantize {
         Quantize::None => opts.decoder_storage.unwrap_or(WeightStorage::F32),
         Quantize::Int8 => WeightStorage::F32,
     };
-    let f32_decoder = onnx::encode(&onnx::decoder(&dparams, f32_storage));
+    let (f32_graph, f32_decoder, init) = match (&model, regions) {
+        (TrainModel::Attention(m), Some(regions)) => {
+            let p = m.params();
+            (
+                onnx::encoder_spatial(&spec, &layers, WeightStorage::F32, regions),
+                onnx::encode(&onnx::attention_step(&p, regions, f32_storage)),
+                Some(onnx::encode(&onnx::attention_init(
+                    &p,
+                    regions,
+                    f32_storage,
+                ))),
+            )
+        }
+        (TrainModel::Merge(m), _) => (
+            onnx::encoder_f32(&spec, &layers),
+            onnx::encode(&onnx::decoder(&m.decoder_params(), f32_storage)),
+            None,
+        ),
+        (TrainModel::Attention(_), None) => unreachable!("regions are set for attention"),
+    };
+    let f32_encoder = onnx::encode(&f32_graph.model);
     let f32_dir = match (opts.quantize, &opts.f32_out) {
         (Quantize::None, _) => partial(&opts.out, ".partial"),
         (Quantize::Int8, Some(dir)) => dir.clone(),
@@ -660,6 +764,7 @@ pub fn export(
         &BundleFiles {
             encoder: &f32_encoder,
             decoder: &f32_decoder,
+            init: init.as_deref(),
             vocab: &vocab_json,
         },
         &mut f32_manifest,
@@ -717,7 +822,10 @@ pub fn export(
                 onnx::encoder_int8(&spec, &layers, &ranges, opts.fc, opts.int8_depthwise)?;
             let storage = opts.decoder_storage.unwrap_or(WeightStorage::F16);
             let int8_encoder = onnx::encode(&int8_graph.model);
-            let int8_decoder = onnx::encode(&onnx::decoder(&dparams, storage));
+            let TrainModel::Merge(merge) = &model else {
+                unreachable!("int8 exports of attention checkpoints are refused above");
+            };
+            let int8_decoder = onnx::encode(&onnx::decoder(&merge.decoder_params(), storage));
             let dir = partial(&opts.out, ".partial");
             let mut m = base_manifest(&model_id, storage);
             m.quantization = Quantization {
@@ -739,6 +847,7 @@ pub fn export(
                 &BundleFiles {
                     encoder: &int8_encoder,
                     decoder: &int8_decoder,
+                    init: None,
                     vocab: &vocab_json,
                 },
                 &mut m,

@@ -761,7 +761,14 @@ pub struct EncoderGraph {
     pub f32_layers: usize,
 }
 
-fn emit_encoder(spec: &EncoderSpec, layers: &[Layer], mode: Mode<'_>) -> EncoderGraph {
+/// `regions`: write the last feature map as `[N, regions, C]` (attention bundles) instead
+/// of the feature vector (the layers then end before the pooling).
+fn emit_encoder(
+    spec: &EncoderSpec,
+    layers: &[Layer],
+    mode: Mode<'_>,
+    regions: Option<usize>,
+) -> EncoderGraph {
     let s = spec.preprocessing.size as usize;
     let mut e = Emitter {
         g: GraphBuilder::default(),
@@ -780,12 +787,27 @@ fn emit_encoder(spec: &EncoderSpec, layers: &[Layer], mode: Mode<'_>) -> Encoder
     };
     let y = e.layers(layers, x);
     let y = e.dequant(&y);
-    e.g.output(
-        ENCODER_OUTPUT,
-        &y,
-        DataType::Float,
-        &[Dim::Batch, Dim::Fixed(spec.feature_dim)],
-    );
+    let (y, out_dims, out_doc) = match regions {
+        None => (
+            y,
+            vec![Dim::Batch, Dim::Fixed(spec.feature_dim)],
+            format!("features [N,{}]", spec.feature_dim),
+        ),
+        Some(r) => {
+            // [N, C, H, W] -> [N, C, H*W] -> [N, H*W, C]: one row of channels per region.
+            let c = spec.spatial_channels();
+            let shape = e.g.i64s("regions_shape", &[3], &[0, c as i64, -1]);
+            let flat = e.g.node("Reshape", &[&y, &shape], vec![]);
+            let t =
+                e.g.node("Transpose", &[&flat], vec![attr_ints("perm", &[0, 2, 1])]);
+            (
+                t,
+                vec![Dim::Batch, Dim::Fixed(r), Dim::Fixed(c)],
+                format!("regions [N,{r},{c}]"),
+            )
+        }
+    };
+    e.g.output(ENCODER_OUTPUT, &y, DataType::Float, &out_dims);
     let (points, precision) = match e.mode {
         Mode::F32 {
             points,
@@ -801,9 +823,8 @@ fn emit_encoder(spec: &EncoderSpec, layers: &[Layer], mode: Mode<'_>) -> Encoder
         model: e.g.finish(
             &format!("{}-encoder", spec.kind.name()),
             &format!(
-                "{} image encoder ({precision}): normalised image [N,3,{s},{s}] -> features [N,{}]",
+                "{} image encoder ({precision}): normalised image [N,3,{s},{s}] -> {out_doc}",
                 spec.kind.name(),
-                spec.feature_dim
             ),
         ),
         calibration_points: points,
@@ -826,6 +847,26 @@ pub fn encoder_float(spec: &EncoderSpec, layers: &[Layer], storage: WeightStorag
             points: Vec::new(),
             storage,
         },
+        None,
+    )
+}
+
+/// The float encoder graph up to the last feature map, as `regions` rows of channels
+/// (`layers` folded from [`EncoderSpec::spatial_ops`]): an attention bundle's encoder.
+pub fn encoder_spatial(
+    spec: &EncoderSpec,
+    layers: &[Layer],
+    storage: WeightStorage,
+    regions: usize,
+) -> EncoderGraph {
+    emit_encoder(
+        spec,
+        layers,
+        Mode::F32 {
+            points: Vec::new(),
+            storage,
+        },
+        Some(regions),
     )
 }
 
@@ -853,6 +894,7 @@ pub fn encoder_int8(
             fc,
             depthwise,
         },
+        None,
     ))
 }
 
@@ -986,10 +1028,9 @@ pub struct AttentionParams {
 }
 
 /// The attention decoder's inputs and outputs (by name; the edge binds them so).
-pub const ATTENTION_INIT_INPUTS: [&str; 1] = ["regions"];
-pub const ATTENTION_INIT_OUTPUTS: [&str; 2] = ["h", "c"];
-pub const ATTENTION_STEP_INPUTS: [&str; 4] = ["regions", "words", "h", "c"];
-pub const ATTENTION_STEP_OUTPUTS: [&str; 4] = ["log_probs", "h_out", "c_out", "attention"];
+pub use caption_proto::manifest::{
+    ATTENTION_INIT_INPUTS, ATTENTION_INIT_OUTPUTS, ATTENTION_STEP_INPUTS, ATTENTION_STEP_OUTPUTS,
+};
 
 fn linear_weights(
     g: &mut GraphBuilder,

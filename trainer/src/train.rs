@@ -443,9 +443,7 @@ pub fn load_model(
     if info.attention.is_some() {
         return Err(TrainError::Checkpoint {
             path: weights.to_owned(),
-            problem: "an attention checkpoint: export runs merge checkpoints only so far \
-                      (evaluate and caption run both)"
-                .into(),
+            problem: "an attention checkpoint, not a merge one (load_trained loads either)".into(),
         });
     }
     let mut vs = nn::VarStore::new(device);

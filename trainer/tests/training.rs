@@ -223,7 +223,8 @@ fn caption_prints_captions_and_reports_unreadable_images() {
 /// `train --model attention` on the fixture's spatial features: the loss falls, the
 /// checkpoint records the attention sizes, the shared search decodes it exactly like a
 /// plain greedy loop over the model's step, `evaluate` and `caption` run it, `export`
-/// (merge only so far) refuses it with the reason; pooled features are refused.
+/// writes a bundle the edge's engine captions exactly as tch does; pooled features are
+/// refused.
 #[test]
 fn the_attention_model_trains_on_spatial_features() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,6 +337,67 @@ fn the_attention_model_trains_on_spatial_features() {
         image.to_str().unwrap(),
     ]));
     assert!(event["caption"].is_string(), "{event}");
+
+    // Exported (f32 graphs: spatial encoder, initial state, step), verified against tch by
+    // the export itself, and run by the edge's engine: the same caption as tch.
+    let bundle = dir.path().join("bundle");
+    let report = ok_json(&run(&[
+        "export",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--features-encoder",
+        "efficientnet-lite0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+        "--data",
+        fixture(),
+        "--verify-images",
+        "6",
+    ]));
+    let f32 = &report["f32"];
+    assert_eq!(f32["caption_agreement"].as_f64().unwrap(), 1.0, "{report}");
+    assert!(
+        f32["logprob_max_abs_diff"].as_f64().unwrap() <= 1e-4,
+        "{report}"
+    );
+    assert!(
+        f32["feature_cosine_min"].as_f64().unwrap() >= 0.9999,
+        "{report}"
+    );
+    assert!(
+        report["sizes"]["init.onnx"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let engine = caption_runtime::Engine::load(&bundle).unwrap();
+    assert_eq!(
+        engine.decoder_kind(),
+        caption_proto::manifest::DecoderKind::Attention
+    );
+    assert_eq!(engine.feature_len(), 49 * 1280);
+    let (caption, _) = engine.caption_file(&image, 1).unwrap();
+    assert_eq!(caption.text, event["caption"].as_str().unwrap());
+    let (beam3, _) = engine.caption_file(&image, 3).unwrap();
+    assert!(!beam3.hypothesis.tokens.is_empty());
+    // int8 is refused for attention, naming the reason.
+    let int8 = run(&[
+        "export",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--features-encoder",
+        "efficientnet-lite0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        dir.path().join("int8").to_str().unwrap(),
+        "--data",
+        fixture(),
+        "--quantize",
+        "int8",
+    ]);
+    assert!(!int8.status.success());
+    assert!(String::from_utf8_lossy(&int8.stderr).contains("--quantize int8"));
 
     let wrong = train_args(features(), &dir.path().join("wrong"));
     assert!(!wrong.status.success());
