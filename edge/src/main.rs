@@ -98,6 +98,10 @@ enum Command {
         /// the aarch64 build with the x86-64 one.
         #[arg(long, requires = "json")]
         features: bool,
+        /// Attention bundles: write a PNG of the image and, per word, where the model
+        /// looked (one image only; the words are printed in panel order on stderr).
+        #[arg(long, value_name = "PNG")]
+        attention: Option<PathBuf>,
         #[command(flatten)]
         engine: EngineArgs,
         #[arg(required = true)]
@@ -216,10 +220,29 @@ fn main() -> Result<()> {
             beam,
             json,
             features,
+            attention,
             engine,
             images,
         } => {
             let engine = load_engine(&bundle, &engine.options())?;
+            if let Some(png) = attention {
+                let [image] = images.as_slice() else {
+                    anyhow::bail!("--attention draws one image; {} were given", images.len());
+                };
+                let (words, picture) =
+                    caption_edge::pipeline::attention_picture(&engine, image, beam as usize)
+                        .with_context(|| format!("attention picture of {}", image.display()))?;
+                picture
+                    .save(&png)
+                    .with_context(|| format!("writing {}", png.display()))?;
+                println!("{}\t{}", image.display(), words.join(" "));
+                eprintln!(
+                    "wrote {}: the image, then one panel per word: {}",
+                    png.display(),
+                    words.join(" | ")
+                );
+                return Ok(());
+            }
             let precision = engine.precision().precision;
             let run_id = caption_proto::mqtt::new_run_id();
             let mut failed = 0;

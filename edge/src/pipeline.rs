@@ -92,6 +92,60 @@ pub fn caption_file(
     Ok((event, features))
 }
 
+#[cfg(feature = "daemon")]
+#[derive(Debug, thiserror::Error)]
+pub enum AttentionPictureError {
+    #[error(transparent)]
+    Engine(#[from] caption_runtime::EngineError),
+    #[error(transparent)]
+    Image(#[from] caption_proto::preprocess::PreprocessError),
+    #[error(transparent)]
+    Map(#[from] caption_proto::attention_map::AttentionMapError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `captiond caption --attention`: the caption of one image file and the picture of where
+/// an attention bundle looked for each word (the words, in panel order, are returned).
+#[cfg(feature = "daemon")]
+pub fn attention_picture(
+    engine: &Engine,
+    path: &std::path::Path,
+    beam: usize,
+) -> Result<(Vec<String>, image::RgbImage), AttentionPictureError> {
+    use caption_proto::text::{END_TOKEN, START_TOKEN};
+    let bytes = std::fs::read(path).map_err(|source| AttentionPictureError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let pre = engine.preprocessing();
+    let rgb = pre.resize(caption_proto::preprocess::decode_rgb(&bytes, path)?);
+    let features = engine.encode(&pre.normalize(&rgb))?;
+    let caption = engine
+        .decode(&features, beam)?
+        .pop()
+        .expect("one caption per image");
+    let tokens = &caption.hypothesis.tokens;
+    let maps = engine.attention_maps(&features, tokens)?;
+    let (mut words, mut shown) = (Vec::new(), Vec::new());
+    for (&token, map) in tokens.iter().zip(maps) {
+        match engine.bundle.vocabulary.word(token) {
+            Some(w) if w != START_TOKEN && w != END_TOKEN => {
+                words.push(w.to_owned());
+                shown.push(map);
+            }
+            _ => {}
+        }
+    }
+    let regions = engine.manifest().encoder.regions.unwrap_or(0);
+    let side = (regions as f64).sqrt().round() as u32;
+    let picture = caption_proto::attention_map::attention_picture(&rgb, (side, side), &shown)?;
+    Ok((words, picture))
+}
+
 /// Pause state of the camera, driven by commands.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Control {

@@ -6,6 +6,7 @@
 //! decoding search ([`search`]), the model bundle manifest ([`manifest`]) and the MQTT
 //! topics and payloads ([`mqtt`]). This crate never depends on tch or tract.
 
+pub mod attention_map;
 pub mod bleu;
 pub mod cider;
 pub mod dataset;

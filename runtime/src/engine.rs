@@ -50,6 +50,8 @@ pub enum EngineError {
     Image(#[from] PreprocessError),
     #[error("the vocabulary of this bundle has no {0} token")]
     MissingToken(&'static str),
+    #[error("this bundle's decoder is not an attention decoder (manifest `decoder.kind`): it has no attention maps")]
+    NotAttention,
 }
 
 /// What tract (or the file system, or protobuf) reported, kept as the error's source.
@@ -470,6 +472,29 @@ impl Engine {
             .collect())
     }
 
+    /// An attention bundle's weights over the regions for each of `tokens`, replaying the
+    /// path that generated them from one image's `features` (what [`Engine::encode`]
+    /// returns). A merge bundle has none: an error.
+    pub fn attention_maps(
+        &self,
+        features: &[f32],
+        tokens: &[u32],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        if self.init.is_none() {
+            return Err(EngineError::NotAttention);
+        }
+        let mut decoder = self.step_decoder(features);
+        let (mut h, mut c) = decoder.start(&[0])?;
+        let mut word = self.start;
+        let mut maps = Vec::with_capacity(tokens.len());
+        for &token in tokens {
+            let (_, (h2, c2), alpha) = decoder.run_step_with_attention(&[0], &[word], &h, &c)?;
+            maps.push(alpha);
+            (h, c, word) = (h2, c2, token);
+        }
+        Ok(maps)
+    }
+
     /// The caption text of a hypothesis: its words without special tokens.
     pub fn text(&self, h: &Hypothesis) -> String {
         strip_special(self.bundle.vocabulary.decode(&h.tokens)).join(" ")
@@ -570,6 +595,19 @@ impl TractDecoder<'_> {
         h: &[f32],
         c: &[f32],
     ) -> Result<(Vec<f32>, LstmState), EngineError> {
+        self.run_step_with_attention(images, words, h, c)
+            .map(|(logp, state, _)| (logp, state))
+    }
+
+    /// [`TractDecoder::run_step`], also returning an attention bundle's weights
+    /// `[rows, R]` (empty for a merge bundle).
+    pub fn run_step_with_attention(
+        &self,
+        images: &[usize],
+        words: &[u32],
+        h: &[f32],
+        c: &[f32],
+    ) -> Result<(Vec<f32>, LstmState, Vec<f32>), EngineError> {
         let hidden = self.hidden();
         let rows = images.len();
         let arr2 = |data: Vec<f32>, cols: usize| {
@@ -597,7 +635,11 @@ impl TractDecoder<'_> {
                 .copied()
                 .collect())
         };
-        Ok((flat(0)?, (flat(1)?, flat(2)?)))
+        let attention = match out.len() {
+            4 => flat(3)?,
+            _ => Vec::new(),
+        };
+        Ok((flat(0)?, (flat(1)?, flat(2)?), attention))
     }
 }
 

@@ -26,6 +26,15 @@ pub enum CaptionError {
     Image(#[from] PreprocessError),
     #[error("checkpoint {0}: its vocabulary lacks startseq/endseq")]
     NoStartEnd(String),
+    #[error("--attention needs an attention checkpoint (train --model attention); this run's is a merge model")]
+    NotAttention,
+    #[error(transparent)]
+    Map(#[from] caption_proto::attention_map::AttentionMapError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Beam search settings shared by `evaluate` and `caption`.
@@ -86,6 +95,49 @@ impl CheckpointCaptioner {
             model_id,
             run_id: caption_proto::mqtt::new_run_id(),
         })
+    }
+
+    /// An attention checkpoint's caption of one image file as words, and the picture of
+    /// where it looked for each (the image, then one panel per word).
+    pub fn attention_picture(
+        &self,
+        path: &Path,
+    ) -> Result<(Vec<String>, image::RgbImage), CaptionError> {
+        let TrainModel::Attention(m) = &self.model else {
+            return Err(CaptionError::NotAttention);
+        };
+        let bytes = std::fs::read(path).map_err(|source| CaptionError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let rgb = self
+            .preprocessing
+            .resize(caption_proto::preprocess::decode_rgb(&bytes, path)?);
+        let side = self.preprocessing.size as i64;
+        let input =
+            Tensor::from_slice(&self.preprocessing.normalize(&rgb)).reshape([1, 3, side, side]);
+        let map = self.encoder.spatial_map(&input);
+        let grid = (map.size()[2] as u32, map.size()[3] as u32);
+        let regions = map.flatten(2, -1).transpose(1, 2).contiguous();
+        let hyp = crate::evaluate::decode_trained(&self.model, &regions, &self.search, 1).remove(0);
+        // Replay the chosen path, collecting each step's attention weights.
+        let r = tch::no_grad(|| m.regions(&regions));
+        let (mut h, mut c) = tch::no_grad(|| m.initial_state(&r));
+        let mut word = self.search.start as i64;
+        let (mut words, mut maps) = (Vec::new(), Vec::new());
+        for &token in &hyp.tokens {
+            let (_, h2, c2, alpha) =
+                tch::no_grad(|| m.step(&r, &Tensor::from_slice(&[word]), &h, &c));
+            if token != self.search.end {
+                if let Some(w) = self.vocab.word(token) {
+                    words.push(w.to_owned());
+                    maps.push(Vec::<f32>::try_from(alpha.flatten(0, -1)).expect("f32 weights"));
+                }
+            }
+            (h, c, word) = (h2, c2, token as i64);
+        }
+        let picture = caption_proto::attention_map::attention_picture(&rgb, grid, &maps)?;
+        Ok((words, picture))
     }
 
     /// Caption one image file; `sequence` numbers the files of one call.

@@ -196,6 +196,10 @@ enum Command {
         /// `image` naming the file) instead of `path<TAB>caption`.
         #[arg(long)]
         json: bool,
+        /// Attention checkpoints: write a PNG of the image and, per word, where the model
+        /// looked (one image only; the words are printed in panel order on stderr).
+        #[arg(long, value_name = "PNG", conflicts_with = "json")]
+        attention: Option<PathBuf>,
         #[command(flatten)]
         device: DeviceArgs,
         #[arg(required = true)]
@@ -463,6 +467,7 @@ fn main() -> Result<()> {
             weights,
             search,
             json,
+            attention,
             device,
             images,
         } => {
@@ -473,6 +478,24 @@ fn main() -> Result<()> {
                 search.beam as usize,
                 search.length_penalty,
             )?;
+            if let Some(png) = attention {
+                let [image] = images.as_slice() else {
+                    anyhow::bail!("--attention draws one image; {} were given", images.len());
+                };
+                let (words, picture) = captioner
+                    .attention_picture(image)
+                    .with_context(|| format!("attention picture of {}", image.display()))?;
+                picture
+                    .save(&png)
+                    .with_context(|| format!("writing {}", png.display()))?;
+                println!("{}\t{}", image.display(), words.join(" "));
+                eprintln!(
+                    "wrote {}: the image, then one panel per word: {}",
+                    png.display(),
+                    words.join(" | ")
+                );
+                return Ok(());
+            }
             let mut failed = 0;
             for (sequence, path) in images.iter().enumerate() {
                 match captioner.caption_file(path, sequence as u64) {

@@ -380,6 +380,49 @@ fn the_attention_model_trains_on_spatial_features() {
     assert_eq!(caption.text, event["caption"].as_str().unwrap());
     let (beam3, _) = engine.caption_file(&image, 3).unwrap();
     assert!(!beam3.hypothesis.tokens.is_empty());
+    // Where it looked: one map of 49 weights per generated token, each summing to one.
+    let pixels = engine.preprocessing().from_file(&image).unwrap();
+    let regions = engine.encode(&pixels).unwrap();
+    let maps = engine
+        .attention_maps(&regions, &caption.hypothesis.tokens)
+        .unwrap();
+    assert_eq!(maps.len(), caption.hypothesis.tokens.len());
+    for m in &maps {
+        assert_eq!(m.len(), 49);
+        assert!((m.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+    // The picture: the image, then one 224x224 panel per word, five per line.
+    let png = dir.path().join("attention.png");
+    let out = run(&[
+        "caption",
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--weights",
+        weights.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--attention",
+        png.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let words = String::from_utf8_lossy(&out.stdout)
+        .trim_end()
+        .split('\t')
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .count() as u32;
+    let panels = words + 1;
+    let pic = image::open(&png).unwrap();
+    assert_eq!(
+        (pic.width(), pic.height()),
+        (224 * panels.min(5), 224 * panels.div_ceil(5))
+    );
     // int8 is refused for attention, naming the reason.
     let int8 = run(&[
         "export",
