@@ -934,6 +934,32 @@ impl From<WeightStorage> for caption_proto::manifest::Storage {
     }
 }
 
+/// One LSTM cell step on input `x` with state `[h, c]` and weights `[w_ih, bias, w_hh]`
+/// (PyTorch layouts, gates i, f, g, o; `bias` = `b_ih + b_hh`): returns (h, c).
+fn lstm_cell(
+    g: &mut GraphBuilder,
+    x: &str,
+    [in_h, in_c]: [&str; 2],
+    [w_ih, bias, w_hh]: [&str; 3],
+    hidden: usize,
+) -> (String, String) {
+    let trans_b = || vec![attr_int("transB", 1)];
+    let gx = g.node("Gemm", &[x, w_ih, bias], trans_b());
+    let gh = g.node("Gemm", &[in_h, w_hh], trans_b());
+    let gates = g.node("Add", &[&gx, &gh], vec![]);
+    let split = g.i64s("split", &[4], &[hidden as i64; 4]);
+    let parts = g.node_n("Split", &[&gates, &split], vec![attr_int("axis", 1)], 4);
+    let i = g.node("Sigmoid", &[&parts[0]], vec![]);
+    let f = g.node("Sigmoid", &[&parts[1]], vec![]);
+    let gg = g.node("Tanh", &[&parts[2]], vec![]);
+    let o = g.node("Sigmoid", &[&parts[3]], vec![]);
+    let fc = g.node("Mul", &[&f, in_c], vec![]);
+    let ig = g.node("Mul", &[&i, &gg], vec![]);
+    let c_new = g.node("Add", &[&fc, &ig], vec![]);
+    let tc = g.node("Tanh", &[&c_new], vec![]);
+    (g.node("Mul", &[&o, &tc], vec![]), c_new)
+}
+
 /// Names of the decoder graph's inputs and outputs (the bundle contract).
 pub use caption_proto::manifest::{DECODER_INPUTS, DECODER_OUTPUTS};
 
@@ -964,20 +990,7 @@ pub fn decoder(p: &DecoderParams, storage: WeightStorage) -> pb::ModelProto {
     let w_ih = weight(&mut g, "w_ih", &[4 * h, e], &p.w_ih);
     let b_ih = g.f32s("b_ih", &[4 * h], &p.b_ih);
     let w_hh = weight(&mut g, "w_hh", &[4 * h, h], &p.w_hh);
-    let gx = g.node("Gemm", &[&x, &w_ih, &b_ih], trans_b());
-    let gh = g.node("Gemm", &[in_h, &w_hh], trans_b());
-    let gates = g.node("Add", &[&gx, &gh], vec![]);
-    let split = g.i64s("split", &[4], &[h as i64; 4]);
-    let parts = g.node_n("Split", &[&gates, &split], vec![attr_int("axis", 1)], 4);
-    let i = g.node("Sigmoid", &[&parts[0]], vec![]);
-    let f = g.node("Sigmoid", &[&parts[1]], vec![]);
-    let gg = g.node("Tanh", &[&parts[2]], vec![]);
-    let o = g.node("Sigmoid", &[&parts[3]], vec![]);
-    let fc = g.node("Mul", &[&f, in_c], vec![]);
-    let ig = g.node("Mul", &[&i, &gg], vec![]);
-    let c_new = g.node("Add", &[&fc, &ig], vec![]);
-    let tc = g.node("Tanh", &[&c_new], vec![]);
-    let h_new = g.node("Mul", &[&o, &tc], vec![]);
+    let (h_new, c_new) = lstm_cell(&mut g, &x, [in_h, in_c], [&w_ih, &b_ih, &w_hh], h);
     // Merge and decode.
     let merged = g.node("Add", &[&fe, &h_new], vec![]);
     let dec_w = weight(&mut g, "dec_w", &[h, h], &p.dec_w);
@@ -1156,20 +1169,7 @@ pub fn attention_step(
     let w_ih = weight(&mut g, "w_ih", &[4 * h, e + c], &p.w_ih);
     let bias = g.f32s("lstm_b", &[4 * h], &p.bias);
     let w_hh = weight(&mut g, "w_hh", &[4 * h, h], &p.w_hh);
-    let gx = g.node("Gemm", &[&x, &w_ih, &bias], vec![attr_int("transB", 1)]);
-    let gh = g.node("Gemm", &[in_h, &w_hh], vec![attr_int("transB", 1)]);
-    let gates = g.node("Add", &[&gx, &gh], vec![]);
-    let split = g.i64s("split", &[4], &[h as i64; 4]);
-    let parts = g.node_n("Split", &[&gates, &split], vec![attr_int("axis", 1)], 4);
-    let i = g.node("Sigmoid", &[&parts[0]], vec![]);
-    let f = g.node("Sigmoid", &[&parts[1]], vec![]);
-    let gg = g.node("Tanh", &[&parts[2]], vec![]);
-    let o = g.node("Sigmoid", &[&parts[3]], vec![]);
-    let fc = g.node("Mul", &[&f, in_c], vec![]);
-    let ig = g.node("Mul", &[&i, &gg], vec![]);
-    let c_new = g.node("Add", &[&fc, &ig], vec![]);
-    let tc = g.node("Tanh", &[&c_new], vec![]);
-    let h_new = g.node("Mul", &[&o, &tc], vec![]);
+    let (h_new, c_new) = lstm_cell(&mut g, &x, [in_h, in_c], [&w_ih, &bias, &w_hh], h);
     let out = linear_weights(&mut g, storage, "out", &p.out, h);
     let logits = gemm(&mut g, &h_new, &out);
     let logp = g.node("LogSoftmax", &[&logits], vec![attr_int("axis", 1)]);
