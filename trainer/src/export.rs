@@ -485,8 +485,9 @@ fn folded_layers(encoder: &TchEncoder) -> Result<Vec<onnx::Layer>, ExportError> 
     folded(encoder, &encoder.spec.features)
 }
 
-/// `ops` (the whole encoder, or its [`crate::encoders::EncoderSpec::spatial_ops`]) folded.
-fn folded(
+/// `ops` (the whole encoder, or its [`crate::encoders::EncoderSpec::spatial_ops`]) folded,
+/// as the ONNX writer takes them.
+pub fn folded(
     encoder: &TchEncoder,
     ops: &[crate::encoders::Op],
 ) -> Result<Vec<onnx::Layer>, ExportError> {
@@ -664,6 +665,8 @@ pub fn export(
         let short = match spec.kind {
             EncoderKind::Vgg16 => "vgg16",
             EncoderKind::EfficientNetLite0 => "lite0",
+            EncoderKind::EfficientNetLite1 => "lite1",
+            EncoderKind::EfficientNetLite2 => "lite2",
         };
         let kind = if attention { "-attention" } else { "" };
         format!("flickr8k-{short}{kind}-{q}")

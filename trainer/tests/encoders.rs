@@ -1,9 +1,12 @@
-//! Encoder parity with the reference EfficientNet-Lite0 and weight-format equivalence.
+//! Encoder parity with the reference EfficientNet-Lite0/1/2 and weight-format equivalence.
 
 use std::path::{Path, PathBuf};
 
 use caption_proto::preprocess::Preprocessing;
-use caption_trainer::encoders::{efficientnet_lite0, TchEncoder};
+use caption_trainer::encoders::{
+    efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, EncoderSpec, TchEncoder,
+};
+use caption_trainer::onnx;
 use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
@@ -32,8 +35,25 @@ struct Reference {
     logits: Tensor,
 }
 
+/// The weights scripts/setup-weights.sh links for one more EfficientNet-Lite.
+fn lite_weights(file: &str) -> PathBuf {
+    let path = workspace().join(".weights").join(file);
+    assert!(
+        path.is_file(),
+        "{} missing: run scripts/setup-weights.sh",
+        path.display()
+    );
+    path
+}
+
 fn reference() -> Reference {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lite0-reference.safetensors");
+    read_reference("lite0-reference.safetensors")
+}
+
+fn read_reference(file: &str) -> Reference {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(file);
     let bytes = std::fs::read(&path).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let meta = meta.metadata().clone().unwrap();
@@ -88,6 +108,98 @@ fn lite0_matches_the_reference_on_exact_pixels() {
         let got: Vec<i64> = Vec::<i64>::try_from(&top5.get(i)).unwrap();
         assert_eq!(got, r.top5[i as usize], "top-5 of {}", r.images[i as usize]);
     }
+}
+
+/// An ONNX graph's first output on one f32 input, run by tract.
+fn run_tract(graph: &[u8], input: &[f32], shape: [usize; 4]) -> Vec<f32> {
+    use tract_onnx::prelude::*;
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &graph[..])
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let input = tract_ndarray::ArrayD::from_shape_vec(shape.to_vec(), input.to_vec()).unwrap();
+    let out = plan.run(tvec![Tensor::from(input).into()]).unwrap();
+    out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+/// Lite1 and Lite2 against the reference implementation's own output on the same pixels
+/// (scripts/golden/lite_reference.py: Pillow-resized to 240/260, then the model).
+fn lite_matches_its_golden(spec: EncoderSpec, weights: &str, golden: &str) {
+    let r = read_reference(golden);
+    let name = spec.kind.name();
+    let size = spec.preprocessing.size as i64;
+    let pre = spec.preprocessing.clone();
+    let encoder = TchEncoder::from_file(spec, &lite_weights(weights), Device::Cpu).unwrap();
+    let n = r.pixels.size()[0];
+    assert_eq!(r.pixels.size(), [n, size, size, 3]);
+    let batch: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let raw: Vec<u8> = Vec::<u8>::try_from(&r.pixels.get(i).flatten(0, -1)).unwrap();
+            pre.normalize(&RgbImage::from_raw(size as u32, size as u32, raw).unwrap())
+        })
+        .collect();
+    let features = encoder.features(&Tensor::from_slice(&batch).reshape([n, 3, size, size]));
+    let logits = encoder.logits(&features);
+    let df = max_abs_diff(&features, &r.features);
+    let dl = max_abs_diff(&logits, &r.logits);
+    eprintln!("{name} parity on {n} images: features max |diff| {df:e}, logits {dl:e}");
+    assert!(df <= 1e-4, "{name} features max abs diff {df}");
+    assert!(dl <= 1e-4, "{name} logits max abs diff {dl}");
+    let top5 = logits.topk(5, 1, true, true).1;
+    for i in 0..n {
+        let got: Vec<i64> = Vec::<i64>::try_from(&top5.get(i)).unwrap();
+        assert_eq!(
+            got, r.top5[i as usize],
+            "{name} top-5 of {}",
+            r.images[i as usize]
+        );
+    }
+    // The exported ONNX graph (the same description, BatchNorm folded), run by tract.
+    let layers = caption_trainer::export::folded(&encoder, &encoder.spec.features).unwrap();
+    let graph = onnx::encode(&onnx::encoder_f32(&encoder.spec, &layers).model);
+    let got = run_tract(
+        &graph,
+        &batch,
+        [n as usize, 3, size as usize, size as usize],
+    );
+    let want = Vec::<f32>::try_from(r.features.flatten(0, -1)).unwrap();
+    let d = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("{name} ONNX (tract) features max |diff| {d:e}");
+    assert!(d <= 1e-4, "{name} ONNX features max abs diff {d}");
+    // The spatial map at this resolution: ceil(size / 32) squared regions.
+    let regions = encoder.spatial(&Tensor::from_slice(&batch).reshape([n, 3, size, size]));
+    let side = (size + 31) / 32;
+    assert_eq!(regions.size(), [n, side * side, 1280]);
+}
+
+#[test]
+fn lite1_matches_the_reference_implementation() {
+    lite_matches_its_golden(
+        efficientnet_lite1(),
+        "efficientnet-lite1-77cc7160.pth",
+        "lite1-reference.safetensors",
+    );
+}
+
+#[test]
+fn lite2_matches_the_reference_implementation() {
+    lite_matches_its_golden(
+        efficientnet_lite2(),
+        "efficientnet-lite2-9656183e.pth",
+        "lite2-reference.safetensors",
+    );
 }
 
 #[test]
