@@ -34,12 +34,14 @@ pub const ENCODER_OUTPUT: &str = "features";
 pub const DECODER_INPUTS: [&str; 4] = ["features", "words", "h", "c"];
 pub const DECODER_OUTPUTS: [&str; 3] = ["log_probs", "h_out", "c_out"];
 /// An attention bundle's encoder outputs regions `[N, R, C]` under [`ENCODER_OUTPUT`]; its
-/// initial-state graph maps them to the LSTM state, and its step graph also returns the
-/// attention weights `[N, R]`.
+/// initial-state graph maps them to the LSTM state and to the regions' attention keys
+/// `[N, R, A]` (their projection, which depends on the image only, so it is computed once
+/// per image instead of once per beam and step); its step graph takes both and also
+/// returns the attention weights `[N, R]`.
 pub const INIT_FILE: &str = "init.onnx";
 pub const ATTENTION_INIT_INPUTS: [&str; 1] = ["regions"];
-pub const ATTENTION_INIT_OUTPUTS: [&str; 2] = ["h", "c"];
-pub const ATTENTION_STEP_INPUTS: [&str; 4] = ["regions", "words", "h", "c"];
+pub const ATTENTION_INIT_OUTPUTS: [&str; 3] = ["h", "c", "keys"];
+pub const ATTENTION_STEP_INPUTS: [&str; 5] = ["regions", "keys", "words", "h", "c"];
 pub const ATTENTION_STEP_OUTPUTS: [&str; 4] = ["log_probs", "h_out", "c_out", "attention"];
 
 #[derive(Debug, thiserror::Error)]

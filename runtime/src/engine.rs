@@ -91,6 +91,8 @@ pub struct Engine {
     decoder: Plan,
     /// Attention bundles: the initial-state graph (merge bundles start from zeros).
     init: Option<Plan>,
+    /// Attention bundles: floats of one image's attention keys (regions × attention size).
+    keys_len: usize,
     start: u32,
     end: u32,
     precision: PrecisionChoice,
@@ -292,18 +294,25 @@ impl Engine {
             &dfact(decoder.inputs[0])?,
             &feature_shape,
         )?;
-        check_shape(&dec_path, "input `words`", &dfact(decoder.inputs[1])?, &[])?;
-        for (i, name) in [(2, "h"), (3, "c")] {
+        // The attention step also takes the keys (input 1) before the words.
+        let words_at = if attention { 2 } else { 1 };
+        check_shape(
+            &dec_path,
+            "input `words`",
+            &dfact(decoder.inputs[words_at])?,
+            &[],
+        )?;
+        for (i, name) in [(1, "h"), (2, "c")] {
             check_shape(
                 &dec_path,
                 &format!("input `{name}`"),
-                &dfact(decoder.inputs[i])?,
+                &dfact(decoder.inputs[words_at + i])?,
                 &[(hidden, "decoder.hidden")],
             )?;
             check_shape(
                 &dec_path,
                 &format!("output `{name}`"),
-                &dfact(decoder.outputs[i - 1])?,
+                &dfact(decoder.outputs[i])?,
                 &[(hidden, "decoder.hidden")],
             )?;
         }
@@ -322,21 +331,48 @@ impl Engine {
                     &ATTENTION_INIT_INPUTS,
                     &ATTENTION_INIT_OUTPUTS,
                 )?;
-                for (i, name) in [(0, "h"), (1, "c")] {
-                    let f = init
-                        .outlet_fact(init.outputs[i])
+                let ifact = |i: usize| {
+                    init.outlet_fact(init.outputs[i])
                         .cloned()
-                        .map_err(|e| load_error(&init_path, e))?;
+                        .map_err(|e| load_error(&init_path, e))
+                };
+                for (i, name) in [(0, "h"), (1, "c")] {
                     check_shape(
                         &init_path,
                         &format!("output `{name}`"),
-                        &f,
+                        &ifact(i)?,
                         &[(hidden, "decoder.hidden")],
                     )?;
                 }
-                Some(optimize(init, &init_path)?)
+                // The keys' width is the model's attention size, which the manifest does
+                // not name: the step graph must take what the initial-state graph gives.
+                let keys = ifact(2)?;
+                let width = keys
+                    .shape
+                    .get(2)
+                    .and_then(known)
+                    .ok_or_else(|| EngineError::Shape {
+                        path: init_path.clone(),
+                        what: format!("output `keys` has shape {:?}", keys.shape),
+                        field: "decoder.init_file".into(),
+                        expected: format!("[batch, {regions}, attention size]"),
+                    })? as usize;
+                let keys_shape = [(regions, "encoder.regions"), (width, "init.onnx `keys`")];
+                check_shape(&init_path, "output `keys`", &keys, &keys_shape)?;
+                check_shape(
+                    &dec_path,
+                    "input `keys`",
+                    &dfact(decoder.inputs[1])?,
+                    &keys_shape,
+                )?;
+                Some((optimize(init, &init_path)?, regions * width))
             }
+            // The manifest check requires `decoder.init_file` of an attention bundle.
             _ => None,
+        };
+        let (init, keys_len) = match init {
+            Some((plan, len)) => (Some(plan), len),
+            None => (None, 0),
         };
         let start = bundle
             .vocabulary
@@ -363,6 +399,7 @@ impl Engine {
             encoder: optimize(encoder, &enc_path)?,
             decoder: optimize(decoder, &dec_path)?,
             init,
+            keys_len,
             bundle,
             start,
             end,
@@ -449,6 +486,7 @@ impl Engine {
         TractDecoder {
             engine: self,
             features,
+            keys: vec![None; features.len() / self.feature_len().max(1)],
         }
     }
 
@@ -563,6 +601,8 @@ pub type LstmState = (Vec<f32>, Vec<f32>);
 pub struct TractDecoder<'a> {
     engine: &'a Engine,
     features: &'a [f32],
+    /// Attention bundles: each image's attention keys, from the initial-state graph.
+    keys: Vec<Option<Vec<f32>>>,
 }
 
 impl TractDecoder<'_> {
@@ -583,6 +623,26 @@ impl TractDecoder<'_> {
             None => vec![images.len(), e.feature_dim],
         };
         tract_ndarray::ArrayD::from_shape_vec(shape, feats)
+            .map(Tensor::from)
+            .map_err(|e| run_error("decoder", e))
+    }
+
+    /// The attention keys of rows `images`, `[rows, R, A]`, as [`StepDecoder::start`] got
+    /// them from the initial-state graph.
+    fn keys_of(&self, images: &[usize]) -> Result<Tensor, EngineError> {
+        let len = self.engine.keys_len;
+        let mut keys = Vec::with_capacity(images.len() * len);
+        for &i in images {
+            let k = self.keys.get(i).and_then(Option::as_ref).ok_or_else(|| {
+                run_error(
+                    "decoder",
+                    format!("image {i} has no attention keys: start its caption first"),
+                )
+            })?;
+            keys.extend_from_slice(k);
+        }
+        let regions = self.engine.bundle.manifest.encoder.regions.unwrap_or(1);
+        tract_ndarray::ArrayD::from_shape_vec(vec![images.len(), regions, len / regions], keys)
             .map(Tensor::from)
             .map_err(|e| run_error("decoder", e))
     }
@@ -617,16 +677,16 @@ impl TractDecoder<'_> {
         };
         let words: Vec<i64> = words.iter().map(|&w| w as i64).collect();
         let words = tract_ndarray::Array1::from_vec(words);
-        let out = self.engine.run(
-            &self.engine.decoder,
-            "decoder",
-            tvec!(
-                self.features_of(images)?.into(),
-                Tensor::from(words).into(),
-                arr2(h.to_vec(), hidden)?.into(),
-                arr2(c.to_vec(), hidden)?.into(),
-            ),
-        )?;
+        let mut inputs = tvec!(self.features_of(images)?.into());
+        if self.engine.init.is_some() {
+            inputs.push(self.keys_of(images)?.into());
+        }
+        inputs.extend([
+            Tensor::from(words).into(),
+            arr2(h.to_vec(), hidden)?.into(),
+            arr2(c.to_vec(), hidden)?.into(),
+        ]);
+        let out = self.engine.run(&self.engine.decoder, "decoder", inputs)?;
         let flat = |i: usize| -> Result<Vec<f32>, EngineError> {
             Ok(out[i]
                 .to_plain_array_view::<f32>()
@@ -669,6 +729,13 @@ impl StepDecoder for TractDecoder<'_> {
                 .copied()
                 .collect())
         };
+        let keys = flat(2)?;
+        let len = self.engine.keys_len;
+        for (row, &image) in images.iter().enumerate() {
+            if let Some(slot) = self.keys.get_mut(image) {
+                *slot = Some(keys[row * len..(row + 1) * len].to_vec());
+            }
+        }
         Ok((flat(0)?, flat(1)?))
     }
 

@@ -68,10 +68,10 @@ impl AttentionLoss {
     }
 }
 
-/// Regions with their attention projection, computed once per caption.
+/// Regions with their attention keys (`enc_att(regions)`), computed once per caption.
 pub struct Regions {
     pub regions: Tensor,
-    projected: Tensor,
+    pub keys: Tensor,
 }
 
 impl Regions {
@@ -79,7 +79,7 @@ impl Regions {
     pub fn select(&self, index: &Tensor) -> Regions {
         Regions {
             regions: self.regions.index_select(0, index),
-            projected: self.projected.index_select(0, index),
+            keys: self.keys.index_select(0, index),
         }
     }
 }
@@ -145,8 +145,8 @@ impl AttentionModel {
     /// `[B, R, C]` regions (any float kind) → the per-caption attention inputs.
     pub fn regions(&self, regions: &Tensor) -> Regions {
         let regions = regions.to_kind(Kind::Float);
-        let projected = self.enc_att.forward(&regions);
-        Regions { regions, projected }
+        let keys = self.enc_att.forward(&regions);
+        Regions { regions, keys }
     }
 
     /// The initial LSTM state from the mean region.
@@ -170,7 +170,7 @@ impl AttentionModel {
     ) -> (Tensor, Tensor, Tensor, Tensor) {
         let scores = self
             .full_att
-            .forward(&(&r.projected + self.dec_att.forward(h).unsqueeze(1)).tanh())
+            .forward(&(&r.keys + self.dec_att.forward(h).unsqueeze(1)).tanh())
             .squeeze_dim(2);
         let alpha = scores.softmax(1, Kind::Float);
         let context = (&r.regions * alpha.unsqueeze(2)).sum_dim_intlist(1, false, Kind::Float);

@@ -33,6 +33,12 @@ pub use caption_proto::manifest::{DECODER_FILE, ENCODER_FILE, INIT_FILE, VOCAB_F
 /// The f32 parity an export must reach, or it fails.
 pub const MIN_F32_COSINE: f64 = 0.9999;
 pub const MAX_F32_LOGPROB_DIFF: f64 = 1e-4;
+/// The same bound for a float bundle whose decoder weights are stored as float16
+/// (`--decoder-storage f16`): rounding each weight to 11 significant bits moves the
+/// log-probabilities by up to 2.5e-3 (the Lite0 attention model on the 1,000 test images,
+/// with every greedy caption unchanged), so the gate is 1e-2, not the f32 1e-4; the
+/// greedy-caption agreement is reported beside it.
+pub const MAX_F16_DECODER_LOGPROB_DIFF: f64 = 1e-2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -396,6 +402,28 @@ pub fn calibrate(
     Ok(ranges)
 }
 
+/// The decoder graph and, for attention, its initial-state graph, as ONNX bytes.
+fn decoder_graphs(
+    model: &TrainModel,
+    regions: Option<usize>,
+    storage: WeightStorage,
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    match (model, regions) {
+        (TrainModel::Attention(m), Some(r)) => {
+            let p = m.params();
+            (
+                onnx::encode(&onnx::attention_step(&p, r, storage)),
+                Some(onnx::encode(&onnx::attention_init(&p, r, storage))),
+            )
+        }
+        (TrainModel::Merge(m), _) => (
+            onnx::encode(&onnx::decoder(&m.decoder_params(), storage)),
+            None,
+        ),
+        (TrainModel::Attention(_), None) => unreachable!("regions are set for attention"),
+    }
+}
+
 struct BundleFiles<'a> {
     encoder: &'a [u8],
     decoder: &'a [u8],
@@ -599,15 +627,6 @@ pub fn export(
             expected: format!("{} gives {channels}-d features", spec.kind.name()),
         });
     }
-    if attention && opts.quantize == Quantize::Int8 {
-        return Err(ExportError::Mismatch {
-            path: json,
-            field: "options.model",
-            found: "attention".into(),
-            expected: "--quantize int8 exports merge checkpoints only so far (use --quantize none)"
-                .into(),
-        });
-    }
     let (_vs, model) = train::load_trained(&weights_path, &info, Device::Cpu)?;
     let vocab = info.vocab.clone();
     let (Some(start), Some(end)) = (vocab.start_index(), vocab.end_index()) else {
@@ -731,26 +750,11 @@ pub fn export(
         Quantize::None => opts.decoder_storage.unwrap_or(WeightStorage::F32),
         Quantize::Int8 => WeightStorage::F32,
     };
-    let (f32_graph, f32_decoder, init) = match (&model, regions) {
-        (TrainModel::Attention(m), Some(regions)) => {
-            let p = m.params();
-            (
-                onnx::encoder_spatial(&spec, &layers, WeightStorage::F32, regions),
-                onnx::encode(&onnx::attention_step(&p, regions, f32_storage)),
-                Some(onnx::encode(&onnx::attention_init(
-                    &p,
-                    regions,
-                    f32_storage,
-                ))),
-            )
-        }
-        (TrainModel::Merge(m), _) => (
-            onnx::encoder_f32(&spec, &layers),
-            onnx::encode(&onnx::decoder(&m.decoder_params(), f32_storage)),
-            None,
-        ),
-        (TrainModel::Attention(_), None) => unreachable!("regions are set for attention"),
+    let f32_graph = match regions {
+        Some(regions) => onnx::encoder_spatial(&spec, &layers, WeightStorage::F32, regions),
+        None => onnx::encoder_f32(&spec, &layers),
     };
+    let (f32_decoder, init) = decoder_graphs(&model, regions, f32_storage);
     let f32_encoder = onnx::encode(&f32_graph.model);
     let f32_dir = match (opts.quantize, &opts.f32_out) {
         (Quantize::None, _) => partial(&opts.out, ".partial"),
@@ -779,13 +783,17 @@ pub fn export(
         "f32: feature cosine min {:.7}, log-prob max |diff| {:.2e}, caption agreement {:.4}",
         f32_check.feature_cosine_min, f32_check.logprob_max_abs_diff, f32_check.caption_agreement
     ));
+    let max_logprob_diff = match f32_storage {
+        WeightStorage::F32 => MAX_F32_LOGPROB_DIFF,
+        WeightStorage::F16 => MAX_F16_DECODER_LOGPROB_DIFF,
+    };
     if f32_check.feature_cosine_min < MIN_F32_COSINE
-        || f32_check.logprob_max_abs_diff > MAX_F32_LOGPROB_DIFF
+        || f32_check.logprob_max_abs_diff > max_logprob_diff
     {
         return Err(ExportError::Parity {
             problem: format!(
-                "feature cosine min {:.7} (must be >= {MIN_F32_COSINE}), log-prob max |diff| {:.3e} (must be <= {MAX_F32_LOGPROB_DIFF:e})",
-                f32_check.feature_cosine_min, f32_check.logprob_max_abs_diff
+                "feature cosine min {:.7} (must be >= {MIN_F32_COSINE}), log-prob max |diff| {:.3e} (must be <= {max_logprob_diff:e} for a {} decoder)",
+                f32_check.feature_cosine_min, f32_check.logprob_max_abs_diff, f32_storage.name()
             ),
             dir: f32_dir,
         });
@@ -821,14 +829,17 @@ pub fn export(
                     eprintln!("  calibration {done}/{total}");
                 }
             })?;
-            let int8_graph =
-                onnx::encoder_int8(&spec, &layers, &ranges, opts.fc, opts.int8_depthwise)?;
+            let int8_graph = onnx::encoder_int8(
+                &spec,
+                &layers,
+                &ranges,
+                opts.fc,
+                opts.int8_depthwise,
+                regions,
+            )?;
             let storage = opts.decoder_storage.unwrap_or(WeightStorage::F16);
             let int8_encoder = onnx::encode(&int8_graph.model);
-            let TrainModel::Merge(merge) = &model else {
-                unreachable!("int8 exports of attention checkpoints are refused above");
-            };
-            let int8_decoder = onnx::encode(&onnx::decoder(&merge.decoder_params(), storage));
+            let (int8_decoder, int8_init) = decoder_graphs(&model, regions, storage);
             let dir = partial(&opts.out, ".partial");
             let mut m = base_manifest(&model_id, storage);
             m.quantization = Quantization {
@@ -850,7 +861,7 @@ pub fn export(
                 &BundleFiles {
                     encoder: &int8_encoder,
                     decoder: &int8_decoder,
-                    init: None,
+                    init: int8_init.as_deref(),
                     vocab: &vocab_json,
                 },
                 &mut m,

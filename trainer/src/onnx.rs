@@ -870,16 +870,28 @@ pub fn encoder_spatial(
     )
 }
 
-/// The int8 encoder graph; `ranges[i]` is the observed `(min, max)` of the f32 graph's
-/// `calibration_points[i]`.
+/// The int8 encoder graph; `ranges[i]` is the observed `(min, max)` of the float graph's
+/// `calibration_points[i]` (that of [`encoder_f32`], or of [`encoder_spatial`] when
+/// `regions` is set: an attention bundle's encoder).
 pub fn encoder_int8(
     spec: &EncoderSpec,
     layers: &[Layer],
     ranges: &[(f32, f32)],
     fc: FcScheme,
     depthwise: bool,
+    regions: Option<usize>,
 ) -> Result<EncoderGraph, OnnxError> {
-    let want = encoder_f32(spec, layers).calibration_points.len();
+    let want = emit_encoder(
+        spec,
+        layers,
+        Mode::F32 {
+            points: Vec::new(),
+            storage: WeightStorage::F32,
+        },
+        regions,
+    )
+    .calibration_points
+    .len();
     if ranges.len() != want {
         return Err(OnnxError::Calibration {
             got: ranges.len(),
@@ -894,7 +906,7 @@ pub fn encoder_int8(
             fc,
             depthwise,
         },
-        None,
+        regions,
     ))
 }
 
@@ -923,6 +935,15 @@ pub enum WeightStorage {
     F32,
     /// float16 storage, float32 compute.
     F16,
+}
+
+impl WeightStorage {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightStorage::F32 => "f32",
+            WeightStorage::F16 => "f16",
+        }
+    }
 }
 
 impl From<WeightStorage> for caption_proto::manifest::Storage {
@@ -1065,9 +1086,10 @@ fn gemm(g: &mut GraphBuilder, x: &str, (w, b): &(String, String)) -> String {
     g.node("Gemm", &[x, w, b], vec![attr_int("transB", 1)])
 }
 
-/// The attention decoder's initial state: regions `[N, R, C]` → (h, c) `[N, H]`, each
-/// `tanh(Linear(mean region))`. The same arithmetic as
-/// [`crate::attention::AttentionModel::initial_state`].
+/// The attention decoder's start: regions `[N, R, C]` → (h, c) `[N, H]`, each
+/// `tanh(Linear(mean region))`, and the attention keys `enc_att(regions)` `[N, R, A]`. The
+/// same arithmetic as [`crate::attention::AttentionModel::initial_state`] and
+/// [`crate::attention::AttentionModel::regions`].
 pub fn attention_init(
     p: &AttentionParams,
     regions: usize,
@@ -1092,19 +1114,49 @@ pub fn attention_init(
     let h0 = g.node("Tanh", &[&h0], vec![]);
     let c0 = gemm(&mut g, &mean, &init_c);
     let c0 = g.node("Tanh", &[&c0], vec![]);
+    let keys = attention_keys(&mut g, p, in_regions, storage);
     let bh = [Dim::Batch, Dim::Fixed(h)];
-    let [out_h, out_c] = ATTENTION_INIT_OUTPUTS;
+    let [out_h, out_c, out_keys] = ATTENTION_INIT_OUTPUTS;
     g.output(out_h, &h0, DataType::Float, &bh);
     g.output(out_c, &c0, DataType::Float, &bh);
+    let a = p.config.attention_dim;
+    g.output(
+        out_keys,
+        &keys,
+        DataType::Float,
+        &[Dim::Batch, Dim::Fixed(regions), Dim::Fixed(a)],
+    );
     g.finish(
         "attention-init",
         "soft-attention caption model: initial state",
     )
 }
 
-/// One attention decoding step: (regions `[N, R, C]`, previous words `[N]` int64, h, c
-/// `[N, H]`) → (log-probabilities `[N, V]`, h, c, attention weights `[N, R]`). The same
-/// arithmetic as [`crate::attention::AttentionModel::step`].
+/// The regions' attention keys `enc_att(regions)` `[N, R, A]`: the weight stored
+/// transposed, `[C, A]`, for a plain MatMul over the regions.
+fn attention_keys(
+    g: &mut GraphBuilder,
+    p: &AttentionParams,
+    regions: &str,
+    storage: WeightStorage,
+) -> String {
+    let (c, a) = (p.config.feature_dim, p.config.attention_dim);
+    let enc_t: Vec<f32> = (0..c * a)
+        .map(|k| p.enc_att.0[(k % a) * c + k / a])
+        .collect();
+    let enc_w = match storage {
+        WeightStorage::F32 => g.f32s("enc_att", &[c, a], &enc_t),
+        WeightStorage::F16 => g.f16s_as_f32("enc_att", &[c, a], &enc_t),
+    };
+    let enc_b = g.f32s("enc_att_b", &[a], &p.enc_att.1);
+    let keys = g.node("MatMul", &[regions, &enc_w], vec![]);
+    g.node("Add", &[&keys, &enc_b], vec![])
+}
+
+/// One attention decoding step: (regions `[N, R, C]`, their keys `[N, R, A]` from
+/// [`attention_init`], previous words `[N]` int64, h, c `[N, H]`) → (log-probabilities
+/// `[N, V]`, h, c, attention weights `[N, R]`). The same arithmetic as
+/// [`crate::attention::AttentionModel::step`].
 pub fn attention_step(
     p: &AttentionParams,
     regions: usize,
@@ -1119,11 +1171,16 @@ pub fn attention_step(
         cfg.attention_dim,
     );
     let mut g = GraphBuilder::default();
-    let [in_regions, in_words, in_h, in_c] = ATTENTION_STEP_INPUTS;
+    let [in_regions, in_keys, in_words, in_h, in_c] = ATTENTION_STEP_INPUTS;
     g.input(
         in_regions,
         DataType::Float,
         &[Dim::Batch, Dim::Fixed(regions), Dim::Fixed(c)],
+    );
+    g.input(
+        in_keys,
+        DataType::Float,
+        &[Dim::Batch, Dim::Fixed(regions), Dim::Fixed(a)],
     );
     g.input(in_words, DataType::Int64, &[Dim::Batch]);
     g.input(in_h, DataType::Float, &[Dim::Batch, Dim::Fixed(h)]);
@@ -1134,19 +1191,11 @@ pub fn attention_step(
     };
     let axis1 = g.i64s("axis1", &[1], &[1]);
     let axis2 = g.i64s("axis2", &[1], &[2]);
-    // Additive attention: e = full_att(tanh(enc_att(regions) + dec_att(h))).
-    // Stored transposed, `[C, A]`, for a plain MatMul over the regions.
-    let enc_t: Vec<f32> = (0..c * a)
-        .map(|k| p.enc_att.0[(k % a) * c + k / a])
-        .collect();
-    let enc_w = weight(&mut g, "enc_att", &[c, a], &enc_t);
-    let enc_b = g.f32s("enc_att_b", &[a], &p.enc_att.1);
-    let proj = g.node("MatMul", &[in_regions, &enc_w], vec![]);
-    let proj = g.node("Add", &[&proj, &enc_b], vec![]);
+    // Additive attention: e = full_att(tanh(keys + dec_att(h))), keys = enc_att(regions).
     let dec_att = linear_weights(&mut g, storage, "dec_att", &p.dec_att, h);
     let dh = gemm(&mut g, in_h, &dec_att);
     let dh = g.node("Unsqueeze", &[&dh, &axis1], vec![]);
-    let t = g.node("Add", &[&proj, &dh], vec![]);
+    let t = g.node("Add", &[in_keys, &dh], vec![]);
     let t = g.node("Tanh", &[&t], vec![]);
     let full_w = g.f32s("full_att", &[a, 1], &p.full_att.0);
     let full_b = g.f32s("full_att_b", &[1], &p.full_att.1);

@@ -59,6 +59,8 @@ fn run(storage: WeightStorage, tolerance: f64) {
     let out = init.run(tvec![to_tract(&regions)]).unwrap();
     assert!(max_diff(&from_tract(&out[0]), &h) <= tolerance, "initial h");
     assert!(max_diff(&from_tract(&out[1]), &c) <= tolerance, "initial c");
+    let keys = out[2].clone();
+    assert!(max_diff(&from_tract(&keys), &r.keys) <= tolerance, "keys");
     let mut words = Tensor::from_slice(&[1i64, 1, 1]);
     for t in 0..5 {
         let (logp, h2, c2, alpha) = tch::no_grad(|| m.step(&r, &words, &h, &c));
@@ -68,6 +70,7 @@ fn run(storage: WeightStorage, tolerance: f64) {
         let got = step
             .run(tvec![
                 to_tract(&regions),
+                keys.clone(),
                 words_tract,
                 to_tract(&h),
                 to_tract(&c)
