@@ -97,3 +97,44 @@ fn caption_json_with_features_matches_the_engine() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--json"));
 }
+
+/// Without `--bundle`, `captiond caption` (run from the repository root) uses the default
+/// bundle, the soft-attention model: the caption is the engine's beam-3 caption of that
+/// bundle, and `--attention` draws the image and one 224x224 panel per word.
+#[test]
+fn the_default_bundle_captions_and_shows_where_it_looked() {
+    let bundle = workspace().join(caption_edge::DEFAULT_BUNDLE);
+    let image = workspace().join("examples/images/3537201804_ce07aff237.jpg");
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("attention.png");
+    let out = captiond()
+        .current_dir(workspace())
+        .args(["caption", "--beam", "3", "--attention"])
+        .arg(&png)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let engine = Engine::load(&bundle).unwrap();
+    assert_eq!(
+        engine.decoder_kind(),
+        caption_proto::manifest::DecoderKind::Attention
+    );
+    let (caption, _) = engine.caption_file(&image, 3).unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains(&caption.text),
+        "{stdout} vs {}",
+        caption.text
+    );
+    let panels = caption.text.split(' ').count() as u32 + 1;
+    let pic = image::open(&png).unwrap();
+    assert_eq!(
+        (pic.width(), pic.height()),
+        (224 * panels.min(5), 224 * panels.div_ceil(5))
+    );
+}
