@@ -35,6 +35,11 @@ pub enum EngineError {
         path: PathBuf,
         source: DequantizeError,
     },
+    #[error("{path}: cannot widen its float16 weights to f32: {source}")]
+    Widen {
+        path: PathBuf,
+        source: DequantizeError,
+    },
     #[error("`threads` must be at least 1")]
     Threads,
     #[error("{path}: {what}, but the manifest field `{field}` says {expected}")]
@@ -169,6 +174,19 @@ fn read_proto(path: &Path) -> Result<tract_onnx::pb::ModelProto, EngineError> {
     tract_onnx::pb::ModelProto::decode(bytes.as_slice()).map_err(|e| load_error(path, e))
 }
 
+/// A decoder-side graph (step or initial state) as the engine runs it: float16-stored
+/// weights widened to f32 constants ([`dequantize::widen_f16_constants`]).
+fn read_decoder_proto(path: &Path) -> Result<tract_onnx::pb::ModelProto, EngineError> {
+    let proto = read_proto(path)?;
+    if !dequantize::has_f16_constants(&proto) {
+        return Ok(proto);
+    }
+    dequantize::widen_f16_constants(&proto).map_err(|source| EngineError::Widen {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// The encoder graph of a bundle as the engine runs it at `precision` (`Int8`: as stored;
 /// `F32`: dequantised when stored as int8), as ONNX bytes: for running the very same graph
 /// in another runtime (scripts/bench-encoders.sh).
@@ -280,7 +298,7 @@ impl Engine {
         } else {
             (&DECODER_INPUTS, &DECODER_OUTPUTS)
         };
-        let decoder = load_typed(&dec_path, &read_proto(&dec_path)?, inputs, outputs)?;
+        let decoder = load_typed(&dec_path, &read_decoder_proto(&dec_path)?, inputs, outputs)?;
         let dfact = |outlet: OutletId| {
             decoder
                 .outlet_fact(outlet)
@@ -327,7 +345,7 @@ impl Engine {
             Some(init_path) if attention => {
                 let init = load_typed(
                     &init_path,
-                    &read_proto(&init_path)?,
+                    &read_decoder_proto(&init_path)?,
                     &ATTENTION_INIT_INPUTS,
                     &ATTENTION_INIT_OUTPUTS,
                 )?;
