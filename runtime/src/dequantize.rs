@@ -320,6 +320,26 @@ impl<'a> Rewriter<'a> {
     }
 }
 
+/// The initializers of `graph` that `nodes` still read, then `added`.
+fn kept_initializers(
+    graph: &pb::GraphProto,
+    nodes: &[pb::NodeProto],
+    added: Vec<pb::TensorProto>,
+) -> Vec<pb::TensorProto> {
+    let used: HashSet<&str> = nodes
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    let mut kept: Vec<pb::TensorProto> = graph
+        .initializer
+        .iter()
+        .filter(|t| used.contains(t.name.as_str()))
+        .cloned()
+        .collect();
+    kept.extend(added);
+    kept
+}
+
 /// The f32 graph of an int8 encoder graph (see the module docs). Inputs, outputs and every
 /// float tensor keep their names.
 pub fn dequantize(model: &pb::ModelProto) -> Result<pb::ModelProto, DequantizeError> {
@@ -348,20 +368,8 @@ pub fn dequantize(model: &pb::ModelProto) -> Result<pb::ModelProto, DequantizeEr
             _ => r.nodes.push(node.clone()),
         }
     }
-    // Keep only the initializers something still reads (the int8 weights and their
-    // quantization parameters are gone).
-    let used: HashSet<&str> = r
-        .nodes
-        .iter()
-        .flat_map(|n| n.input.iter().map(String::as_str))
-        .collect();
-    let mut initializer: Vec<pb::TensorProto> = graph
-        .initializer
-        .iter()
-        .filter(|t| used.contains(t.name.as_str()))
-        .cloned()
-        .collect();
-    initializer.append(&mut r.new_inits);
+    // The int8 weights and their quantization parameters are gone.
+    let initializer = kept_initializers(graph, &r.nodes, r.new_inits);
     let mut out = model.clone();
     out.graph = Some(pb::GraphProto {
         node: r.nodes,
@@ -447,17 +455,7 @@ pub fn widen_f16_constants(model: &pb::ModelProto) -> Result<pb::ModelProto, Deq
             _ => nodes.push(node.clone()),
         }
     }
-    let used: HashSet<&str> = nodes
-        .iter()
-        .flat_map(|n| n.input.iter().map(String::as_str))
-        .collect();
-    let mut initializer: Vec<pb::TensorProto> = graph
-        .initializer
-        .iter()
-        .filter(|t| used.contains(t.name.as_str()))
-        .cloned()
-        .collect();
-    initializer.append(&mut widened);
+    let initializer = kept_initializers(graph, &nodes, widened);
     let mut out = model.clone();
     out.graph = Some(pb::GraphProto {
         node: nodes,
