@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ARM cost proxy without a Pi: guest instructions executed by the aarch64 build of a
-# bundle's encoder under qemu-user, as a Cortex-A72 (Pi 4) and a Cortex-A76 (Pi 5).
+# bundle's encoder (or decoder) under qemu-user, as a Cortex-A72 (Pi 4) and a Cortex-A76
+# (Pi 5).
 # Repeatable (three runs of the same count agreed within 0.03 %: hash seeds vary what
 # loading does), unlike emulated time.
 #
@@ -8,8 +9,10 @@
 #
 # For each bundle, CPU model and precision (PRECISIONS, default "int8 f32") it runs
 # `encode_repeat` (runtime/examples) with N = 1 and N = 2 encoder runs and reports the
-# difference: the instructions of one encoder run,
-# free of start-up, bundle loading and JPEG decoding. The counter is QEMU's own insn
+# difference: the instructions of one encoder run, free of start-up, bundle loading and
+# JPEG decoding. STAGE=decoder:<beam> counts one caption's decoding instead (the image
+# encoded once, then captioned N times with that beam, 1 being greedy): every decoder
+# step, for an attention bundle with its init graph. The counter is QEMU's own insn
 # plugin (tests/plugin/insn.c of the Debian qemu 7.2 source, built here against the
 # installed qemu-user, inline counting). tract picks its kernels at run time from the
 # CPU's features, so the two models may run different code.
@@ -57,7 +60,7 @@ count() { # cpu bundle n precision -> guest instructions
   local log
   log=$(mktemp)
   TRACT_CPU_AARCH64_OVERRIDE_CPU_PART=${part[$1]} qemu-aarch64 -cpu "$1" -L /usr/aarch64-linux-gnu -plugin "$plugin,inline=on" -d plugin -D "$log" \
-    "$runner" "$2" "$image" "$3" "$4" >/dev/null
+    "$runner" "$2" "$image" "$3" "$4" "$stage" >/dev/null
   grep -o 'insns: [0-9]*' "$log" | awk '{print $2}'
   rm -f "$log"
 }
@@ -66,17 +69,27 @@ auto_choice() { # cpu bundle -> what `auto` runs there, and why
     "$runner" "$2" "$image" 0 auto | sed -n 's/^precision //p'
 }
 
-echo "image $image; guest instructions of one encoder run (N=2 minus N=1)"
+stage=${STAGE:-encoder}
+case $stage in
+  encoder) what="one encoder run" ;;
+  decoder:*) what="one caption's decoder steps, beam ${stage#decoder:}" ;;
+  *) echo "STAGE must be encoder or decoder:<beam>, got $stage" >&2; exit 2 ;;
+esac
+# The decoder is float in every bundle: its count does not depend on the encoder's precision.
+default_precisions="int8 f32"
+[[ $stage == encoder ]] || default_precisions=auto
+precisions=${PRECISIONS:-$default_precisions}
+echo "image $image; guest instructions of $what (N=2 minus N=1)"
 printf '%-32s %-11s %-9s %16s\n' bundle cpu precision instructions
 for bundle in "$@"; do
   for cpu in cortex-a72 cortex-a76; do
     echo "$(basename "$bundle") on $cpu: auto runs $(auto_choice "$cpu" "$bundle")"
-    for precision in ${PRECISIONS:-int8 f32}; do
+    for precision in $precisions; do
       one=$(count "$cpu" "$bundle" 1 "$precision")
       two=$(count "$cpu" "$bundle" 2 "$precision")
       per=$((two - one))
       printf '%-32s %-11s %-9s %16d\n' "$(basename "$bundle")" "$cpu" "$precision" "$per"
-      echo "{\"bundle\":\"$bundle\",\"cpu\":\"$cpu\",\"precision\":\"$precision\",\"n1\":$one,\"n2\":$two,\"encoder_insns\":$per}"
+      echo "{\"bundle\":\"$bundle\",\"cpu\":\"$cpu\",\"precision\":\"$precision\",\"stage\":\"$stage\",\"n1\":$one,\"n2\":$two,\"insns\":$per}"
     done
   done
 done

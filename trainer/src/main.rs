@@ -123,9 +123,10 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Train the merge model on whole captions (teacher forcing); keeps the checkpoint
-    /// with the best dev loss (`model-epNNN-lossX-val_lossY.{safetensors,json}`), writes
-    /// `metrics.csv` and `vocab.json` into the run directory, prints a JSON summary.
+    /// Train the caption model (`--model merge` or `attention`) on whole captions (teacher
+    /// forcing); keeps the checkpoint with the best dev loss
+    /// (`model-epNNN-lossX-val_lossY.{safetensors,json}`), writes `metrics.csv` and
+    /// `vocab.json` into the run directory, prints a JSON summary.
     Train {
         /// Features file from `caption-train extract` (`--spatial` for attention).
         #[arg(long)]
