@@ -14,7 +14,7 @@
 #   scripts/build-aarch64.sh --no-default-features --features daemon   # without the V4L2 camera
 #
 # The binary's default bundle (`captiond caption` without --bundle) is the packaged one,
-# /usr/share/captiond/models/flickr8k-lite0-attention-f16.
+# /usr/share/captiond/models/flickr8k-lite1-attention-f16.
 #
 # The binary needs glibc >= 2.34 (Raspberry Pi OS bookworm or later); the script prints the
 # highest GLIBC_ symbol version the binary references.
@@ -32,7 +32,7 @@ export RUSTC=/usr/bin/rustc
 # Debian's compiler.
 unset RUSTC_WORKSPACE_WRAPPER
 # The binary's default bundle is where the .deb installs it (scripts/package-deb.sh).
-export CAPTIOND_DEFAULT_BUNDLE=/usr/share/captiond/models/flickr8k-lite0-attention-f16
+export CAPTIOND_DEFAULT_BUNDLE=/usr/share/captiond/models/flickr8k-lite1-attention-f16
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar

@@ -24,7 +24,7 @@ contents=$(dpkg-deb --contents "$deb")
 echo "$contents"
 for path in ./usr/bin/captiond ./usr/lib/systemd/system/captiond.service \
   ./etc/captiond/captiond.toml ./usr/lib/sysusers.d/captiond.conf \
-  ./usr/share/captiond/models/flickr8k-lite0-attention-f16/{manifest.toml,vocab.json,encoder.onnx,decoder.onnx,init.onnx}; do
+  ./usr/share/captiond/models/flickr8k-lite1-attention-f16/{manifest.toml,vocab.json,encoder.onnx,decoder.onnx,init.onnx}; do
   grep -q " $path\$" <<<"$contents" || { echo "check-aarch64: $deb lacks $path" >&2; exit 1; }
 done
 [[ $(dpkg-deb --field "$deb" Architecture) == arm64 ]] || { echo "check-aarch64: not arm64" >&2; exit 1; }
@@ -63,7 +63,7 @@ grep -q '^captiond:x:[0-9]*:[0-9]*:.*:/var/lib/captiond:' "$root/etc/passwd" &&
 arm=(env TRACT_CPU_AARCH64_OVERRIDE_CPU_PART=0xd0b qemu-aarch64 -cpu cortex-a76
   -L /usr/aarch64-linux-gnu "$root/usr/bin/captiond")
 bundle=$("${arm[@]}" check-config "$root/etc/captiond/captiond.toml" | sed -n 's/^bundle = "\(.*\)"$/\1/p')
-[[ $bundle == /usr/share/captiond/models/flickr8k-lite0-attention-f16 && -f $root$bundle/manifest.toml ]] ||
+[[ $bundle == /usr/share/captiond/models/flickr8k-lite1-attention-f16 && -f $root$bundle/manifest.toml ]] ||
   { echo "check-aarch64: the packaged config's bundle '$bundle' is not in the package" >&2; exit 1; }
 # One kernel thread: under qemu-user 7.2 the process hangs creating tract's thread pool
 # (the first clone never returns; natively and on the threads' own tests it works).

@@ -1,27 +1,51 @@
 #!/usr/bin/env bash
 # The training pipeline, set-up included, on the real Flickr8k.
 #   1. prepare  — the tutorial's text figures
-#   2. extract  — EfficientNet-Lite0 features of every image (reused when already done)
-#   3. train    — the merge model on `standard` text (words seen >= 5 times)
-#   4. evaluate — BLEU on the test split, beam 3, both protocols
-#   5. export   — the int8 bundle (verified in tract, BLEU of the bundle in its manifest)
+#   2. extract  — the encoder's features of every image (reused when already done)
+#   3. train    — the caption model on `standard` text (words seen >= 5 times)
+#   4. evaluate — BLEU and CIDEr-D on the test split, beam 3
+#   5. export   — the bundle, verified against the tch model in tract
+#   MODEL         merge (default: the tutorial's model, pooled features, int8 bundle with
+#                 BLEU in its manifest) or attention (soft attention on spatial features:
+#                 the default bundle's recipe, float16 weights)
+#   ENCODER       efficientnet-lite0 (default), efficientnet-lite1 or efficientnet-lite2;
+#                 MODEL=attention ENCODER=efficientnet-lite1 rebuilds the default bundle
 #   FLICKR8K_DIR  the Flickr8k folder (default: ../shared/flickr8k beside the repo)
 #   RUNS          output folder (default: runs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODEL="${MODEL:-merge}"
+ENCODER="${ENCODER:-efficientnet-lite0}"
+case $MODEL in
+  merge) layout=pooled; spatial=() ;;
+  attention) layout=spatial; spatial=(--spatial) ;;
+  *) echo "MODEL must be merge or attention, got $MODEL" >&2; exit 2 ;;
+esac
 scripts/ensure-system-deps.sh
 scripts/setup-libtorch.sh >/dev/null
-WEIGHTS=$(scripts/setup-weights.sh)
+WEIGHTS=$(scripts/setup-weights.sh "$ENCODER")
 cargo build --release -p caption-trainer
 T=target/release/caption-train
 DATA="${FLICKR8K_DIR:-../shared/flickr8k}"
 RUNS="${RUNS:-runs}"
+name="${ENCODER#efficientnet-}-$MODEL"
+features="$RUNS/features-${ENCODER#efficientnet-}-$layout.safetensors"
 mkdir -p "$RUNS"
 $T prepare --data "$DATA" --out "$RUNS/prepare-standard" --text standard
-$T extract --data "$DATA" --encoder efficientnet-lite0 --weights "$WEIGHTS" --out "$RUNS/features-lite0.safetensors"
-$T train --features "$RUNS/features-lite0.safetensors" --data "$DATA" --out "$RUNS/lite0-standard" \
+$T extract --data "$DATA" --encoder "$ENCODER" --weights "$WEIGHTS" --out "$features" "${spatial[@]}"
+$T train --model "$MODEL" --features "$features" --data "$DATA" --out "$RUNS/$name" \
   --text standard --min-count 5
-$T evaluate --run "$RUNS/lite0-standard" --features "$RUNS/features-lite0.safetensors" --data "$DATA" --beam 3
-BEST=$(for f in "$RUNS"/lite0-standard/model-ep*.safetensors; do echo "${f##*val_loss} $f"; done | sort -n | head -1 | cut -d' ' -f2)
-$T export --checkpoint "$BEST" --features-encoder efficientnet-lite0 --weights "$WEIGHTS" \
-  --data "$DATA" --quantize int8 --f32-out "$RUNS/bundle-lite0-f32" --out "$RUNS/bundle-lite0-int8" --evaluate --force
+$T evaluate --run "$RUNS/$name" --features "$features" --data "$DATA" --beam 3
+BEST=$(for f in "$RUNS/$name"/model-ep*.safetensors; do echo "${f##*val_loss} $f"; done | sort -n | head -1 | cut -d' ' -f2)
+if [[ $MODEL == merge ]]; then
+  $T export --checkpoint "$BEST" --features-encoder "$ENCODER" --weights "$WEIGHTS" \
+    --data "$DATA" --quantize int8 --f32-out "$RUNS/bundle-$name-f32" --out "$RUNS/bundle-$name-int8" --evaluate --force
+else
+  # As the default bundle was made: the export verified on every test image with its
+  # decoder stored as float16, then the encoder's weights stored as float16 too.
+  $T export --checkpoint "$BEST" --features-encoder "$ENCODER" --weights "$WEIGHTS" \
+    --data "$DATA" --decoder-storage f16 --verify-split test --verify-images 1000 \
+    --model-id "flickr8k-$name-f32" --out "$RUNS/bundle-$name-f16dec" --force
+  $T float-bundle --from "$RUNS/bundle-$name-f16dec" --weights "$WEIGHTS" --storage f16 \
+    --model-id "flickr8k-$name-f16" --out "$RUNS/bundle-$name-f16" --force
+fi

@@ -25,10 +25,10 @@ pub mod publish;
 /// The bundle `captiond` uses when none is given: the committed default model, relative
 /// to the working directory (the repository root). A packaged build sets
 /// `CAPTIOND_DEFAULT_BUNDLE` at compile time to where the package installs it
-/// (`/usr/share/captiond/models/flickr8k-lite0-attention-f16`, scripts/package-deb.sh).
+/// (`/usr/share/captiond/models/flickr8k-lite1-attention-f16`, scripts/package-deb.sh).
 pub const DEFAULT_BUNDLE: &str = match option_env!("CAPTIOND_DEFAULT_BUNDLE") {
     Some(path) => path,
-    None => "models/flickr8k-lite0-attention-f16",
+    None => "models/flickr8k-lite1-attention-f16",
 };
 
 /// The version string `captiond --version` prints.

@@ -69,7 +69,7 @@ fn caption(
     precision: &str,
     images: &[PathBuf],
 ) -> Vec<Captioned> {
-    let bundle = workspace_root().join("models/flickr8k-lite0-attention-f16");
+    let bundle = workspace_root().join("models/flickr8k-lite1-attention-f16");
     let mut cmd = match cpu {
         None => Command::new(binary),
         Some(cpu) => {

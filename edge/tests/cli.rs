@@ -100,7 +100,8 @@ fn caption_json_with_features_matches_the_engine() {
 
 /// Without `--bundle`, `captiond caption` (run from the repository root) uses the default
 /// bundle, the soft-attention model: the caption is the engine's beam-3 caption of that
-/// bundle, and `--attention` draws the image and one 224x224 panel per word.
+/// bundle, and `--attention` draws the image and one panel per word, each the size the
+/// bundle's encoder sees (240x240 for the Lite1 default).
 #[test]
 fn the_default_bundle_captions_and_shows_where_it_looked() {
     let bundle = workspace().join(caption_edge::DEFAULT_BUNDLE);
@@ -132,9 +133,10 @@ fn the_default_bundle_captions_and_shows_where_it_looked() {
         caption.text
     );
     let panels = caption.text.split(' ').count() as u32 + 1;
+    let side = engine.preprocessing().size;
     let pic = image::open(&png).unwrap();
     assert_eq!(
         (pic.width(), pic.height()),
-        (224 * panels.min(5), 224 * panels.div_ceil(5))
+        (side * panels.min(5), side * panels.div_ceil(5))
     );
 }

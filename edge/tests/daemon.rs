@@ -216,7 +216,7 @@ fn images(dir: &Path, n: usize) -> PathBuf {
 }
 
 fn config(dir: &Path, body: &str) -> PathBuf {
-    let bundle = workspace().join("models/flickr8k-lite0-attention-f16");
+    let bundle = workspace().join("models/flickr8k-lite1-attention-f16");
     let path = dir.join("captiond.toml");
     std::fs::write(
         &path,
@@ -331,7 +331,7 @@ fn a_folder_of_images_gives_one_event_each_and_retained_topics() {
     }
     for e in &evs {
         assert_eq!(e.camera, "main");
-        assert_eq!(e.model_id, "flickr8k-lite0-attention-f16");
+        assert_eq!(e.model_id, "flickr8k-lite1-attention-f16");
         assert!(!e.caption.is_empty() && e.score < 0.0);
         assert!(e.timestamp.ends_with('Z') && e.timestamp.contains('T'));
     }
@@ -423,7 +423,7 @@ fn an_mjpeg_stream_on_stdin_is_captioned_frame_by_frame() {
     // Each frame gets its own caption: the same as `captiond caption` gives the file.
     let out = Command::new(env!("CARGO_BIN_EXE_captiond"))
         .args(["caption", "--bundle"])
-        .arg(workspace().join("models/flickr8k-lite0-attention-f16"))
+        .arg(workspace().join("models/flickr8k-lite1-attention-f16"))
         .args((0..4).map(|i| frames.join(format!("{i:05}.jpg"))))
         .output()
         .unwrap();

@@ -136,7 +136,7 @@ impl Daemon {
                  [embedded_broker]\nlisten = \"127.0.0.1:{mqtt}\"\n\
                  [http]\nlisten = \"127.0.0.1:{http}\"\n{http_extra}",
                 workspace()
-                    .join("models/flickr8k-lite0-attention-f16")
+                    .join("models/flickr8k-lite1-attention-f16")
                     .display(),
                 watched.display()
             ),
@@ -214,7 +214,7 @@ impl Drop for Daemon {
 fn captiond_caption(files: &[PathBuf]) -> Vec<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_captiond"))
         .args(["caption", "--threads", "1", "--bundle"])
-        .arg(workspace().join("models/flickr8k-lite0-attention-f16"))
+        .arg(workspace().join("models/flickr8k-lite1-attention-f16"))
         .args(files)
         .output()
         .unwrap();
@@ -243,7 +243,7 @@ fn status_snapshot_captions_metrics_and_posted_images() {
     let status = get(d.http, "/api/status");
     assert_eq!(status.status, 200);
     let s = status.json();
-    assert_eq!(s["summary"]["model_id"], "flickr8k-lite0-attention-f16");
+    assert_eq!(s["summary"]["model_id"], "flickr8k-lite1-attention-f16");
     assert_eq!(s["summary"]["device_id"], "http-test");
     assert!(s.get("connected").is_some() && s["cameras"][0]["name"] == "main");
     let latest: CaptionEvent = serde_json::from_value(s["cameras"][0]["latest"].clone()).unwrap();
@@ -300,7 +300,7 @@ fn status_snapshot_captions_metrics_and_posted_images() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let event: CaptionEvent = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(event.model_id, "flickr8k-lite0-attention-f16");
+    assert_eq!(event.model_id, "flickr8k-lite1-attention-f16");
     assert_eq!(vec![event.caption.clone()], captiond_caption(&[posted]));
     assert!(event.latency_ms.encoder > 0.0 && event.score < 0.0);
 
