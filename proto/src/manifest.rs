@@ -109,7 +109,20 @@ pub struct DecoderSection {
     pub hidden: usize,
     /// Most words a caption may have (the training `max_length`).
     pub max_length: usize,
+    /// Beam search ranks finished captions by `log_prob / len^length_penalty`: 0 (the
+    /// default when absent) is the plain sum, which favours short captions. Chosen on the
+    /// dev split when the bundle is made (`caption-train export --length-penalty`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub length_penalty: f32,
 }
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
+}
+
+/// The largest `decoder.length_penalty` a manifest may hold: past it, beam ranking is
+/// dominated by length rather than by the model.
+pub const MAX_LENGTH_PENALTY: f32 = 4.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -471,6 +484,16 @@ impl Manifest {
                 return Err(field_err(field, "must be positive".into()));
             }
         }
+        let lp = manifest.decoder.length_penalty;
+        if !(0.0..=MAX_LENGTH_PENALTY).contains(&lp) {
+            return Err(field_err(
+                "decoder.length_penalty",
+                format!(
+                    "must be a number from 0 to {MAX_LENGTH_PENALTY} (the exponent of the caption \
+                     length in beam ranking), got {lp}"
+                ),
+            ));
+        }
         if manifest.decoder.kind == DecoderKind::Attention {
             if manifest.decoder.init_file.is_none() {
                 return Err(field_err(
@@ -618,6 +641,7 @@ mod tests {
                 embed_dim: 256,
                 hidden: 256,
                 max_length: 34,
+                length_penalty: 0.0,
             },
             vocabulary: VocabularySection {
                 file: "vocab.json".into(),
@@ -678,6 +702,43 @@ mod tests {
         std::fs::remove_file(dir.path().join("encoder.onnx")).unwrap();
         let msg = error_of(dir.path());
         assert!(msg.contains("encoder.onnx"), "{msg}");
+    }
+
+    #[test]
+    fn the_length_penalty_is_read_and_bounded_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        bundle(dir.path());
+        // Absent: the plain sum, and not written back.
+        assert_eq!(
+            Manifest::load_bundle(dir.path())
+                .unwrap()
+                .manifest
+                .decoder
+                .length_penalty,
+            0.0
+        );
+        let set = |v: f64| {
+            edit(dir.path(), |t| {
+                t["decoder"]
+                    .as_table_mut()
+                    .unwrap()
+                    .insert("length_penalty".into(), v.into());
+            })
+        };
+        set(0.5);
+        let loaded = Manifest::load_bundle(dir.path()).unwrap().manifest;
+        assert_eq!(loaded.decoder.length_penalty, 0.5);
+        assert!(loaded.to_toml().contains("length_penalty = 0.5"));
+        for bad in [-0.5, 4.5, f64::NAN] {
+            set(bad);
+            let msg = error_of(dir.path());
+            assert!(
+                msg.contains("manifest.toml")
+                    && msg.contains("`decoder.length_penalty`")
+                    && msg.contains("from 0 to 4"),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

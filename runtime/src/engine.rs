@@ -479,7 +479,7 @@ impl Engine {
         SearchConfig {
             beam: beam.max(1),
             max_length: self.bundle.manifest.decoder.max_length,
-            length_penalty: 0.0,
+            length_penalty: self.bundle.manifest.decoder.length_penalty,
             start: self.start,
             end: self.end,
         }

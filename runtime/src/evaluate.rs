@@ -44,6 +44,8 @@ pub struct BundleEvaluation {
     pub split: String,
     pub images: usize,
     pub beam: usize,
+    /// The bundle's `decoder.length_penalty` the beam search ranked with.
+    pub length_penalty: f32,
     pub model_text_rules: TextRules,
     /// The tutorial's protocol (see `caption-train evaluate`); fair only for `original` text.
     pub original_protocol: Scores,
@@ -133,6 +135,7 @@ pub fn evaluate(
             split: split.to_string(),
             images: ids.len(),
             beam: beam.max(1),
+            length_penalty: m.decoder.length_penalty,
             model_text_rules: m.vocabulary.text_rules,
             original_protocol: scores.original,
             coco_protocol: scores.coco,

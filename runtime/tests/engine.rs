@@ -172,3 +172,60 @@ fn graph_tensors_are_bound_by_name() {
         "the error names the file and the missing tensor: {msg}"
     );
 }
+
+/// A copy of a bundle whose manifest ranks beams with `length_penalty`.
+fn bundle_with_length_penalty(from: &Path, dir: &Path, length_penalty: f32) -> PathBuf {
+    let copy = dir.join(format!("lp-{length_penalty}"));
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let manifest_path = copy.join(MANIFEST_FILE);
+    let mut manifest = Manifest::parse(
+        &std::fs::read_to_string(&manifest_path).unwrap(),
+        &manifest_path,
+    )
+    .unwrap();
+    manifest.decoder.length_penalty = length_penalty;
+    std::fs::write(&manifest_path, manifest.to_toml()).unwrap();
+    copy
+}
+
+/// The manifest's `decoder.length_penalty` reaches the beam search: with a large exponent
+/// longer captions win, greedy decoding is untouched.
+#[test]
+fn the_manifest_length_penalty_ranks_the_beams() {
+    let merge = root().join("models/flickr8k-lite0-f16");
+    let dir = tempfile::tempdir().unwrap();
+    let options = EngineOptions {
+        precision: Precision::Auto,
+        threads: 1,
+    };
+    let plain = Engine::load_with(&merge, &options).unwrap();
+    let long = Engine::load_with(
+        &bundle_with_length_penalty(&merge, dir.path(), 4.0),
+        &options,
+    )
+    .unwrap();
+    assert_eq!(plain.search_config(3).length_penalty, 0.0);
+    assert_eq!(long.search_config(3).length_penalty, 4.0);
+    let (mut words_plain, mut words_long) = (0, 0);
+    for image in example_images() {
+        let pixels = plain.preprocessing().from_file(&image).unwrap();
+        let features = plain.encode(&pixels).unwrap();
+        let count = |e: &Engine, beam| {
+            e.decode(&features, beam).unwrap()[0]
+                .hypothesis
+                .tokens
+                .len()
+        };
+        assert_eq!(count(&plain, 1), count(&long, 1), "greedy ignores it");
+        words_plain += count(&plain, 3);
+        words_long += count(&long, 3);
+    }
+    assert!(
+        words_long > words_plain,
+        "beam 3 with length_penalty 4: {words_long} tokens, plain sum: {words_plain}"
+    );
+}

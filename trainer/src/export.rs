@@ -131,6 +131,8 @@ pub struct ExportOptions {
     pub model_id: Option<String>,
     /// Score the bundle on this split with this beam width and record it in the manifest.
     pub evaluate: Option<(Split, usize)>,
+    /// Beam ranking recorded in the manifest (`decoder.length_penalty`).
+    pub length_penalty: f32,
     pub force: bool,
     /// The command line, for the manifest's provenance.
     pub command: String,
@@ -732,6 +734,7 @@ pub fn export(
             embed_dim: info.model.embed_dim,
             hidden: info.model.hidden,
             max_length: info.max_length,
+            length_penalty: opts.length_penalty,
         },
         vocabulary: VocabularySection {
             file: VOCAB_FILE.to_owned(),

@@ -33,8 +33,17 @@ struct SearchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     beam: u64,
     /// Length normalisation exponent for beam ranking (0 = plain sum of log-probabilities).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_length_penalty)]
     length_penalty: f32,
+}
+
+/// A beam-ranking exponent within what a bundle manifest accepts.
+fn parse_length_penalty(s: &str) -> Result<f32, String> {
+    let max = caption_proto::manifest::MAX_LENGTH_PENALTY;
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=max).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number from 0 to {max}, got {s:?}")),
+    }
 }
 
 /// Train and evaluate the Caption image-captioning model (Flickr8k, libtorch).
@@ -260,6 +269,11 @@ enum Command {
         /// Beam width for --evaluate.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         beam: u64,
+        /// The bundle's beam ranking, `log_prob / len^p` (recorded in the manifest as
+        /// `decoder.length_penalty`; 0 = plain sum). Choose it on the dev split with
+        /// `caption-train evaluate --split dev --beam 3 --length-penalty p`.
+        #[arg(long, default_value_t = 0.0, value_parser = parse_length_penalty)]
+        length_penalty: f32,
         /// Replace an existing bundle directory.
         #[arg(long)]
         force: bool,
@@ -531,6 +545,7 @@ fn main() -> Result<()> {
             evaluate,
             evaluate_split,
             beam,
+            length_penalty,
             force,
         } => {
             use caption_trainer::export::{self, ExportOptions};
@@ -551,6 +566,7 @@ fn main() -> Result<()> {
                 f32_out,
                 model_id,
                 evaluate: evaluate.then_some((evaluate_split, beam as usize)),
+                length_penalty,
                 force,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
